@@ -1,0 +1,9 @@
+"""Samplers: one file per sampler, each a Gaussian policy over x_{t-1} with an exact log-prob.
+
+The log-density itself lives once, in `base.gaussian_log_prob`.
+"""
+
+from diffusion_gym.samplers.base import SamplerStep, gaussian_log_prob
+from diffusion_gym.samplers.ddim import DDIMSampler
+
+__all__ = ["DDIMSampler", "SamplerStep", "gaussian_log_prob"]

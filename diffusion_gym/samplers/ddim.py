@@ -1,0 +1,154 @@
+"""Stochastic DDIM (Song et al. 2021, eq. 12 and 16) with exact per-step log-probs.
+
+Wraps diffusers' `DDIMScheduler` for its noise schedule (`alphas_cumprod`, `final_alpha_cumprod`),
+its timestep spacing (`set_timesteps`, `timesteps`) and its config; only the step itself is
+written here, because it must also return the Gaussian it samples from. With the same noise it
+gives the same x_{t-1} as `DDIMScheduler.step(..., eta=eta, variance_noise=noise)`.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers import DDIMScheduler
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from diffusion_gym.samplers.base import Reduce, SamplerStep, gaussian_log_prob
+
+
+class DDIMSampler:
+    """The stochastic DDIM step as a Gaussian policy over x_{t-1}.
+
+    Args:
+        scheduler: any diffusers scheduler; its config is turned into a `DDIMScheduler`
+            (Stable Diffusion ships a PNDM config, as ddpo-pytorch also does this).
+        num_inference_steps: sampler steps per episode (the paper: 50).
+        eta: the DDIM stochasticity, > 0 (the paper: 1.0). At 0 the step is deterministic and has
+            no log-density.
+    """
+
+    def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int, eta: float = 1.0):
+        if not eta > 0:
+            raise ValueError(
+                f"eta must be > 0 for a stochastic policy with a log-prob, got {eta}; "
+                "eta=1.0 is the paper's setting (eta=0 is deterministic DDIM)."
+            )
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        self.scheduler = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
+        if self.scheduler.config.thresholding:
+            raise ValueError("DDIMSampler does not support dynamic thresholding; use a scheduler config with thresholding=False.")
+        self.eta = float(eta)
+        self.num_inference_steps = num_inference_steps
+        self.scheduler.set_timesteps(num_inference_steps)
+        if num_inference_steps > self.scheduler.config.num_train_timesteps:
+            raise ValueError(
+                f"num_inference_steps={num_inference_steps} exceeds the model's "
+                f"{self.scheduler.config.num_train_timesteps} training timesteps."
+            )
+        self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
+        self._final_alpha_cumprod = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32)
+        last_std = self.std(self.timesteps[-1:])
+        if not bool((last_std > 0).all()):
+            raise ValueError(
+                "The last DDIM step has std 0 with this scheduler config (set_alpha_to_one=True makes "
+                "it deterministic), so its log-prob is undefined. Use a scheduler config with "
+                "set_alpha_to_one=False, as Stable Diffusion's is."
+            )
+
+    @property
+    def timesteps(self) -> torch.Tensor:
+        """The model timesteps of one episode, descending, (num_inference_steps,) int64 on the CPU."""
+        return self.scheduler.timesteps
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.scheduler.config.num_train_timesteps)
+
+    def previous_timestep(self, timestep: torch.Tensor) -> torch.Tensor:
+        """The timestep the step from `timestep` lands on (negative after the last step)."""
+        return timestep - self.num_train_timesteps // self.num_inference_steps
+
+    def _alphas(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ᾱ_t and ᾱ_prev for a (B,) batch of timesteps, as (B,) float32 on the timestep's device."""
+        alphas_cumprod = self._alphas_cumprod.to(timestep.device)
+        prev = self.previous_timestep(timestep)
+        alpha_prod_t = alphas_cumprod[timestep]
+        alpha_prod_prev = torch.where(
+            prev >= 0, alphas_cumprod[prev.clamp(min=0)], self._final_alpha_cumprod.to(timestep.device)
+        )
+        return alpha_prod_t, alpha_prod_prev
+
+    def std(self, timestep: torch.Tensor) -> torch.Tensor:
+        """σ_t = η · sqrt((1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev)) (eq. 16), (B,) float32."""
+        alpha_prod_t, alpha_prod_prev = self._alphas(torch.as_tensor(timestep).long())
+        variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
+        return self.eta * variance**0.5
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: torch.Tensor | int,
+        sample: torch.Tensor,
+        prev_sample: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        reduce: Reduce = "sum",
+    ) -> SamplerStep:
+        """One DDIM step from x_t, sampling x_{t-1} or scoring a given one.
+
+        Args:
+            model_output: the (guided) model prediction at x_t, (B, C, H, W); ε, v or x_0 as the
+                scheduler config's `prediction_type` says.
+            timestep: the model timestep of x_t, an int or a (B,) tensor (samples may differ).
+            sample: x_t, (B, C, H, W).
+            prev_sample: x_{t-1} to score; if None it is sampled as mean + std · noise.
+            noise: the standard normal noise to sample with, (B, C, H, W); drawn if None.
+            generator: torch generator for the noise when `noise` is None.
+            reduce: "sum" (exact) or "mean" over dimensions for the log-prob.
+        """
+        if prev_sample is not None and noise is not None:
+            raise ValueError("Pass prev_sample (to score it) or noise (to sample with it), not both.")
+        batch = sample.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device).long()
+        if timestep.ndim == 0:
+            timestep = timestep.expand(batch)
+        alpha_prod_t, alpha_prod_prev = (a.view(batch, 1, 1, 1) for a in self._alphas(timestep))
+        beta_prod_t = 1 - alpha_prod_t
+        model_output = model_output.float()
+        sample = sample.float()
+
+        # 1. predicted x_0 and ε ("predicted x_0" of eq. 12)
+        prediction_type = self.scheduler.config.prediction_type
+        if prediction_type == "epsilon":
+            pred_original_sample = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+            pred_epsilon = model_output
+        elif prediction_type == "v_prediction":
+            pred_original_sample = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
+            pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+        elif prediction_type == "sample":
+            pred_original_sample = model_output
+            pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original_sample) / beta_prod_t**0.5
+        else:
+            raise ValueError(f"Unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
+        if self.scheduler.config.clip_sample:
+            limit = self.scheduler.config.clip_sample_range
+            pred_original_sample = pred_original_sample.clamp(-limit, limit)
+
+        # 2. σ_t (eq. 16)
+        variance = (1 - alpha_prod_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_prev)
+        std = self.eta * variance**0.5
+
+        # 3. the mean: √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ_t²) · ε̂ (eq. 12 without the noise term)
+        mean = alpha_prod_prev**0.5 * pred_original_sample + (1 - alpha_prod_prev - std**2) ** 0.5 * pred_epsilon
+
+        # 4. sample x_{t-1} = mean + σ_t z, or score the given one
+        if prev_sample is None:
+            if noise is None:
+                noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
+            prev_sample = mean + std * noise
+        else:
+            prev_sample = prev_sample.float()
+        log_prob = gaussian_log_prob(prev_sample, mean, std, reduce=reduce)
+        return SamplerStep(
+            prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob, pred_original_sample=pred_original_sample
+        )
