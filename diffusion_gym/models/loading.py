@@ -1,0 +1,158 @@
+"""Loading a `DiffusionModel` from a hub id, a local pipeline folder, or a name built in code.
+
+Hub ids and local folders take the same path: read `model_index.json`, then load each part with
+the class it names (`unet`, `text_encoder`, `tokenizer`, `scheduler`, and `vae` if there is one).
+Parts a policy never needs (Stable Diffusion's safety checker, its feature extractor) are skipped.
+Nothing waits on an unreachable hub: the local cache is tried first, and if the model is not
+there and the hub cannot be reached, a `ValueError` says how to provide the model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+
+from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
+from diffusion_gym.models.tiny import build_tiny_random
+
+# Models built in code, by name. Later entries (the embedded default) join this table.
+BUILTIN_MODELS: dict[str, Callable[[], DiffusionModel]] = {
+    "tiny-random": build_tiny_random,
+}
+
+# The libraries a model_index.json may name classes from.
+_ALLOWED_LIBRARIES = ("diffusers", "transformers")
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """"auto" means CUDA if there is a GPU, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={str(device)!r} was asked for but no CUDA GPU is available; use device='cpu' or 'auto'.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """A torch dtype from a dtype or its name ("float32", "float16", "bfloat16")."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype]
+
+
+def load_model(
+    model: str | DiffusionModel,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "float32",
+) -> DiffusionModel:
+    """Load a text-to-image diffusion model, ready for sampling (eval mode, frozen weights).
+
+    Args:
+        model: a name built in code ("tiny-random"), a local folder in diffusers pipeline format,
+            a Hugging Face hub id ("CompVis/stable-diffusion-v1-4"), or a `DiffusionModel`.
+        device: "auto", "cpu", "cuda", ...
+        dtype: the networks' dtype ("float32", "float16", "bfloat16").
+    """
+    device, dtype = resolve_device(device), resolve_dtype(dtype)
+    if isinstance(model, DiffusionModel):
+        loaded = model
+    elif not isinstance(model, (str, os.PathLike)):
+        raise ValueError(f"model must be a name, a folder, a hub id or a DiffusionModel, got {type(model).__name__}")
+    elif str(model) in BUILTIN_MODELS:
+        loaded = BUILTIN_MODELS[str(model)]()
+    elif Path(model).is_dir():
+        loaded = _load_pipeline_parts(str(model), local_files_only=True)
+    elif Path(model).exists():
+        raise ValueError(f"model={str(model)!r} is a file; pass the pipeline folder that holds model_index.json.")
+    else:
+        loaded = _load_from_hub(str(model))
+    for module in (loaded.unet, loaded.text_encoder, loaded.vae):
+        if module is not None:
+            module.requires_grad_(False).eval()
+    return loaded.to(device=device, dtype=dtype)
+
+
+def _load_from_hub(repo_id: str) -> DiffusionModel:
+    try:
+        return _load_pipeline_parts(repo_id, local_files_only=True)
+    except (OSError, ValueError):
+        pass  # not (fully) in the local cache: try the hub below, if it can be reached
+    reason = _hub_unreachable_reason()
+    if reason is None:
+        try:
+            return _load_pipeline_parts(repo_id, local_files_only=False)
+        except (OSError, ValueError) as error:
+            reason = str(error).splitlines()[0]
+    raise ValueError(
+        f"Could not load model {repo_id!r}: it is not a local folder, not in the Hugging Face cache, "
+        f"and the hub could not provide it ({reason}). On a machine with hub access, download it "
+        f"(`huggingface-cli download {repo_id} --local-dir DIR`, or `pipeline.save_pretrained(DIR)`) "
+        f"and pass model='DIR'; or use one of the models built in code: {sorted(BUILTIN_MODELS)}."
+    )
+
+
+def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (offline mode, no route, DNS), or None if it answers."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlparse(constants.ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as error:
+        return f"no connection to the hub: {error}"
+    return None
+
+
+def _read_model_index(model: str, local_files_only: bool) -> dict:
+    if Path(model).is_dir():
+        path = Path(model) / "model_index.json"
+        if not path.is_file():
+            raise ValueError(
+                f"{model!r} has no model_index.json, so it is not a diffusers pipeline folder; "
+                "write one with `pipeline.save_pretrained(folder)` or `DiffusionModel.save_pretrained(folder)`."
+            )
+    else:
+        from huggingface_hub import hf_hub_download
+
+        path = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
+    return json.loads(path.read_text())
+
+
+def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
+    index = _read_model_index(model, local_files_only)
+    missing = [part for part in REQUIRED_COMPONENTS if not _names_a_class(index.get(part))]
+    if missing:
+        raise ValueError(f"The pipeline at {model!r} lacks {missing} in its model_index.json; a text-to-image pipeline needs {list(REQUIRED_COMPONENTS)}.")
+    parts = {}
+    for part in COMPONENTS:
+        entry = index.get(part)
+        if not _names_a_class(entry):
+            parts[part] = None
+            continue
+        library, class_name = entry
+        if library not in _ALLOWED_LIBRARIES:
+            raise ValueError(f"{model!r}: {part} names a class from {library!r}; only {_ALLOWED_LIBRARIES} are loaded.")
+        cls = getattr(importlib.import_module(library), class_name)
+        parts[part] = cls.from_pretrained(model, subfolder=part, local_files_only=local_files_only)
+    return DiffusionModel(**parts, name=model)
+
+
+def _names_a_class(entry: object) -> bool:
+    return isinstance(entry, (list, tuple)) and len(entry) == 2 and all(isinstance(x, str) for x in entry)
