@@ -1,0 +1,122 @@
+"""DiffusionPolicy: guidance, sampling vs scoring, gradients, LoRA and full fine-tuning."""
+
+import numpy as np
+import pytest
+import torch
+
+from diffusion_gym import DiffusionPolicy
+from diffusion_gym.samplers import DDIMSampler
+
+
+def make_policy(model, guidance_scale=5.0, steps=4, **kwargs):
+    return DiffusionPolicy(model, DDIMSampler(model.scheduler, steps), guidance_scale=guidance_scale, **kwargs)
+
+
+def batch_obs(policy, batch=3, seed=0, step_index=1, as_numpy=False):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, policy.unet.config.in_channels, 8, 8, generator=generator)
+    t = policy.sampler.timesteps[step_index]
+    obs = {"prompt": ("a red fox", "a cat", "a tench")[:batch], "timestep": torch.full((batch,), int(t)), "x_t": x}
+    if as_numpy:
+        obs = {"prompt": obs["prompt"], "timestep": obs["timestep"].numpy(), "x_t": x.numpy()}
+    return obs
+
+
+def test_guidance_combines_the_two_unet_passes(tiny_model):
+    policy = make_policy(tiny_model, guidance_scale=7.5)
+    obs = batch_obs(policy)
+    t = obs["timestep"]
+    cond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts(list(obs["prompt"]))).sample
+    uncond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts([""] * 3)).sample
+    guided = policy.predict_noise(obs["x_t"], t, list(obs["prompt"]))
+    torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(make_policy(tiny_model, guidance_scale=1.0).predict_noise(obs["x_t"], t, list(obs["prompt"])), cond)
+
+
+def test_prompt_embeddings_are_cached_and_equal_to_fresh_ones(tiny_model):
+    policy = make_policy(tiny_model)
+    first = policy.encode_prompts(["a cat", "a dog", "a cat"])
+    torch.testing.assert_close(first[0], first[2])
+    ids = policy.tokenizer(["a dog"], padding="max_length", max_length=policy.tokenizer.model_max_length, return_tensors="pt").input_ids
+    torch.testing.assert_close(first[1], policy.text_encoder(ids)[0][0])
+    assert set(policy._prompt_embeds) == {"a cat", "a dog"}
+
+
+def test_act_returns_a_sample_whose_log_prob_log_prob_reproduces(tiny_model):
+    policy = make_policy(tiny_model)
+    obs = batch_obs(policy)
+    action, log_prob = policy.act(obs, generator=torch.Generator().manual_seed(1))
+    assert action.shape == obs["x_t"].shape and log_prob.shape == (3,)
+    torch.testing.assert_close(policy.log_prob(obs, action), log_prob)
+    step = policy(obs, action=action)
+    expected = torch.distributions.Normal(step.mean, step.std.expand_as(step.mean)).log_prob(action).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(log_prob, expected, rtol=1e-5, atol=0)
+
+
+def test_numpy_and_single_observations_give_the_same_numbers(tiny_model):
+    policy = make_policy(tiny_model)
+    obs_np = batch_obs(policy, as_numpy=True)
+    action, log_prob = policy.act(obs_np, generator=torch.Generator().manual_seed(2))
+    assert isinstance(action, np.ndarray) and action.dtype == np.float32 and isinstance(log_prob, np.ndarray)
+    single = {"prompt": obs_np["prompt"][1], "timestep": obs_np["timestep"][1], "x_t": obs_np["x_t"][1]}
+    single_log_prob = policy.log_prob(single, action[1])
+    np.testing.assert_allclose(single_log_prob.detach().numpy(), log_prob[1:2], rtol=1e-5)
+    single_action, single_lp = policy.act(single)
+    assert single_action.shape == obs_np["x_t"].shape[1:] and np.ndim(single_lp) == 0
+
+
+def test_mean_reduction_option(tiny_model):
+    policy = make_policy(tiny_model, reduce="mean")
+    obs = batch_obs(policy)
+    action, log_prob = policy.act(obs)
+    torch.testing.assert_close(log_prob * np.prod(obs["x_t"].shape[1:]), policy.log_prob(obs, action, reduce="sum"), rtol=1e-5, atol=1e-3)
+
+
+def test_lora_starts_at_the_base_policy_and_gets_gradients_only_on_adapters(tiny_model):
+    policy = make_policy(tiny_model)
+    obs = batch_obs(policy)
+    action, before = policy.act(obs, generator=torch.Generator().manual_seed(3))
+    assert policy.trainable_parameters() == [] and policy.finetuning is None
+    policy.enable_lora(rank=2)
+    assert policy.finetuning == "lora" and make_policy(tiny_model).finetuning == "lora"  # read from the shared UNet
+    trainable = policy.trainable_parameters()
+    names = [n for n, p in policy.unet.named_parameters() if p.requires_grad]
+    assert names and all("lora" in n for n in names)
+    assert {p.shape[0] for n, p in policy.unet.named_parameters() if "lora_A" in n} == {2}
+    torch.testing.assert_close(policy.log_prob(obs, action), before)  # B = 0 at the start
+
+    policy.log_prob(obs, action).sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
+    assert all(p.grad is None for n, p in policy.unet.named_parameters() if "lora" not in n)
+    with pytest.raises(ValueError, match="already enabled"):
+        policy.enable_lora(rank=2)
+    with pytest.raises(ValueError, match="LoRA adapters"):
+        policy.enable_full_finetuning()
+
+
+def test_full_finetuning_trains_every_unet_parameter_and_changes_the_policy(tiny_model):
+    policy = make_policy(tiny_model)
+    obs = batch_obs(policy)
+    action, before = policy.act(obs, generator=torch.Generator().manual_seed(4))
+    policy.enable_full_finetuning()
+    assert len(policy.trainable_parameters()) == len(list(policy.unet.parameters()))
+    optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-5)
+    (-policy.log_prob(obs, action).sum()).backward()
+    optimizer.step()
+    after = policy.log_prob(obs, action).detach()
+    assert (after > before).all()  # one ascent step on the log-likelihood of these actions raises it
+    assert not any(p.requires_grad for p in policy.text_encoder.parameters())
+
+
+def test_bad_arguments_and_observations_are_rejected(tiny_model):
+    with pytest.raises(ValueError, match="guidance_scale"):
+        make_policy(tiny_model, guidance_scale=-1.0)
+    policy = make_policy(tiny_model)
+    with pytest.raises(ValueError, match="'prompt', 'timestep' and 'x_t'"):
+        policy.act({"x_t": torch.zeros(1, 4, 8, 8)})
+    obs = batch_obs(policy)
+    obs["prompt"] = obs["prompt"][:2]
+    with pytest.raises(ValueError, match="batch mismatch"):
+        policy.act(obs)
+    with pytest.raises(ValueError, match="rank"):
+        policy.enable_lora(rank=0)
