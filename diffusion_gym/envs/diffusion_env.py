@@ -1,0 +1,332 @@
+"""Denoising as a Gymnasium environment: the vector env (primary) and its single-env view."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+import torch
+from gymnasium import logger
+from gymnasium.spaces import Box, Dict, Discrete, Text
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from diffusion_gym.models import DiffusionModel, load_model
+from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
+from diffusion_gym.rewards import RewardFn, make_reward
+from diffusion_gym.samplers import DDIMSampler
+
+ARRAY_TYPES = ("numpy", "torch")
+
+
+class DiffusionVectorEnv(VectorEnv):
+    """A batch of denoising episodes of a text-to-image diffusion model, stepped together.
+
+    ## Description
+    The denoising process of a diffusion model as an MDP (Black et al. 2023, "DDPO"): an episode
+    starts from pure noise x_T for a prompt c and takes one action per sampler step, x_{t-1}, until
+    the final sample x_0, which is decoded into an image and scored by a reward r(x_0, c). The
+    transition is deterministic (the next state *is* the action); the stochastic policy is the
+    model's own denoiser (`DiffusionPolicy.from_env(env)`). All `num_envs` episodes run in lock
+    step, which is what makes batched denoising on one UNet call per step possible.
+
+    ## Action Space
+    `Box(-inf, inf, (num_envs, C, H, W), float32)`: x_{t-1} for each sub-env, in the model's
+    sample space (latents of shape (4, 64, 64) for Stable Diffusion, pixels in [-1, 1] for a
+    pixel-space model). Actions must be float32 and finite.
+
+    ## Observation Space
+    A `Dict` of batched spaces:
+    - "prompt": a tuple of `num_envs` strings (`Text`, printable ASCII);
+    - "timestep": (num_envs,) int64, the model timestep of x_t (`Discrete(num_train_timesteps)`),
+      0 once the episode has reached x_0;
+    - "x_t": (num_envs, C, H, W) float32, the current sample.
+    With `array_type="torch"` "timestep" and "x_t" are torch tensors on the model's device,
+    without copies (do not modify them in place), and so are rewards and flags.
+
+    ## Rewards
+    0 at every step but the last; at the last, r(x_0, prompt) from the reward function on the
+    decoded images (uint8, (num_envs, H, W, 3)).
+
+    ## Starting State
+    Prompts drawn uniformly from the task's prompt set with the env's seeded RNG (or fixed with
+    `reset(options={"prompts": ...})`); x_T ~ N(0, I) from the same RNG. Same seed, same episode.
+
+    ## Episode End
+    `terminated` is True for all sub-envs after `num_inference_steps` steps; `info["images"]`
+    then holds the decoded images and `info["reward_info"]` what the reward function reported.
+    Episodes never truncate. Autoreset is `NEXT_STEP`: the step after the last one starts new
+    episodes (its action is ignored, its reward is 0).
+
+    ## Arguments
+    - num_envs: episodes run in parallel (the batch size of the UNet).
+    - model: a hub id, a local diffusers pipeline folder, "tiny-random", or a `DiffusionModel`.
+    - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
+      `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory.
+    - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list.
+    - num_inference_steps: sampler steps, the episode length (the paper: 50).
+    - guidance_scale: the classifier-free guidance weight the policy uses (the paper: 5.0).
+    - eta: DDIM stochasticity, > 0 (the paper: 1.0).
+    - device, dtype: where and in which precision the networks run ("auto" picks CUDA if present).
+    - array_type: "numpy" (default) or "torch" observations.
+    - render_mode: None or "rgb_array" (the current prediction of x_0, decoded).
+
+    ## Version History
+    - v0: initial version.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4, "autoreset_mode": AutoresetMode.NEXT_STEP}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        model: str | DiffusionModel = "CompVis/stable-diffusion-v1-4",
+        reward: str | RewardFn = "jpeg_compressibility",
+        prompts: str | Sequence[str] = "imagenet_animals",
+        num_inference_steps: int = 50,
+        guidance_scale: float = 5.0,
+        eta: float = 1.0,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "float32",
+        array_type: str = "numpy",
+        render_mode: str | None = None,
+        reward_kwargs: dict[str, Any] | None = None,
+    ):
+        if not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        if array_type not in ARRAY_TYPES:
+            raise ValueError(f"array_type must be one of {ARRAY_TYPES}, got {array_type!r}")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        self.num_envs = num_envs
+        self.array_type = array_type
+        self.render_mode = render_mode
+        self.prompts = load_prompts(prompts)
+        self.reward_fn = make_reward(reward, **(reward_kwargs or {}))
+        self.model = load_model(model, device=device, dtype=dtype)
+        self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
+        self.guidance_scale = float(guidance_scale)
+        self.device = self.model.device
+        self._render_policy: DiffusionPolicy | None = None
+
+        sample_shape = self.model.sample_shape
+        max_prompt_length = max(256, *(len(p) for p in self.prompts))
+        self.single_observation_space = Dict(
+            {
+                "prompt": Text(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET),
+                "timestep": Discrete(self.sampler.num_train_timesteps),
+                "x_t": Box(-np.inf, np.inf, shape=sample_shape, dtype=np.float32),
+            }
+        )
+        self.single_action_space = Box(-np.inf, np.inf, shape=sample_shape, dtype=np.float32)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+
+        self._timesteps: list[int] = self.sampler.timesteps.tolist()
+        self._step_index: int | None = None  # None until the first reset
+        self._x: torch.Tensor | None = None  # (num_envs, C, H, W) float32 on self.device
+        self._episode_prompts: list[str] = []
+
+    @property
+    def num_steps(self) -> int:
+        """Steps per episode (the sampler's `num_inference_steps`)."""
+        return len(self._timesteps)
+
+    # ---------------------------------------------------------------- Gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        """Start new episodes; `options={"prompts": str | list[str]}` fixes this reset's prompts."""
+        if seed is not None and not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed must be an int or None, got {seed!r} (one seed seeds all sub-envs).")
+        super().reset(seed=seed)
+        self._start_episodes(self._prompts_from_options(options))
+        return self._observation(), {}
+
+    def step(self, actions: np.ndarray | torch.Tensor) -> tuple[dict, Any, Any, Any, dict]:
+        """Take x_{t-1} for every sub-env; see the class docstring for what comes back."""
+        self._check_started()
+        if self._episode_over:  # NEXT_STEP autoreset: this step only starts new episodes
+            self._start_episodes(None)
+            zeros = np.zeros(self.num_envs)
+            return self._observation(), self._out(zeros), self._out(zeros > 0), self._out(zeros > 0), {}
+        return self._advance(self._check_action(actions, (self.num_envs, *self.model.sample_shape)))
+
+    def render(self) -> tuple[np.ndarray, ...] | None:
+        """The current prediction of x_0 for each sub-env, decoded: a tuple of (H, W, 3) uint8
+        images (at the end of an episode, x_0 itself). Costs one guided UNet call mid-episode."""
+        if self.render_mode is None:
+            logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
+            return None
+        self._check_started()
+        if self._episode_over:
+            x0 = self._x
+        else:
+            if self._render_policy is None:
+                self._render_policy = DiffusionPolicy(self.model, self.sampler, self.guidance_scale)
+            with torch.no_grad():
+                x0 = self._render_policy(self._observation()).pred_original_sample
+        return tuple(self.model.decode(x0))
+
+    # ---------------------------------------------------------------- internals
+    @property
+    def _episode_over(self) -> bool:
+        return self._step_index == self.num_steps
+
+    def _check_started(self) -> None:
+        if self._step_index is None:
+            raise ValueError("step() or render() was called before reset(); call env.reset(seed=...) first.")
+
+    def _prompts_from_options(self, options: dict[str, Any] | None) -> list[str] | None:
+        options = options or {}
+        unknown = set(options) - {"prompts"}
+        if unknown:
+            raise ValueError(f"Unknown reset options {sorted(unknown)}; the only option is 'prompts' (a str or a list of num_envs str).")
+        if "prompts" not in options:
+            return None
+        prompts = options["prompts"]
+        prompts = [prompts] * self.num_envs if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != self.num_envs:
+            raise ValueError(f"options['prompts'] has {len(prompts)} prompts; give one str or a list of num_envs={self.num_envs}.")
+        max_length = self.single_observation_space["prompt"].max_length
+        for prompt in prompts:
+            if len(check_prompt(prompt)) > max_length:
+                raise ValueError(f"Prompt of {len(prompt)} characters is longer than this env's limit of {max_length}.")
+        return prompts
+
+    def _start_episodes(self, prompts: list[str] | None) -> None:
+        if prompts is None:
+            indices = self.np_random.integers(len(self.prompts), size=self.num_envs)
+            prompts = [self.prompts[i] for i in indices]
+        noise = self.np_random.standard_normal((self.num_envs, *self.model.sample_shape), dtype=np.float32)
+        self._episode_prompts = prompts
+        self._x = torch.from_numpy(noise).to(self.device) * self.sampler.scheduler.init_noise_sigma
+        self._step_index = 0
+
+    def _check_action(self, action: Any, expected_shape: tuple[int, ...]) -> torch.Tensor:
+        """The action as a float32 tensor on the env's device, or a ValueError saying what is wrong.
+        Nothing about the env changes here."""
+        if isinstance(action, torch.Tensor):
+            kind, dtype = "torch tensor", action.dtype
+            ok_dtype = dtype == torch.float32
+        elif isinstance(action, np.ndarray):
+            kind, dtype = "numpy array", action.dtype
+            ok_dtype = dtype == np.float32
+        else:
+            raise ValueError(f"The action must be a float32 numpy array or torch tensor of shape {expected_shape}, got {type(action).__name__}.")
+        if tuple(action.shape) != expected_shape:
+            raise ValueError(f"The action must have shape {expected_shape} (x_{{t-1}}), got {kind} of shape {tuple(action.shape)}.")
+        if not ok_dtype:
+            raise ValueError(f"The action must be float32, got {kind} of dtype {dtype}; cast it with .astype(np.float32) or .float().")
+        if isinstance(action, np.ndarray):
+            x = torch.tensor(action, device=self.device)  # a copy: the caller may reuse its buffer
+        else:
+            x = action.detach().to(self.device)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("The action has NaN or infinite values; the env state was left unchanged.")
+        return x
+
+    def _advance(self, x_prev: torch.Tensor) -> tuple[dict, Any, Any, Any, dict]:
+        """Move every episode to the checked action x_{t-1}; score the episodes that end."""
+        self._x = x_prev
+        self._step_index += 1
+        rewards = np.zeros(self.num_envs)
+        infos: dict[str, Any] = {}
+        if self._episode_over:
+            images = self.model.decode(self._x)
+            rewards, reward_info = self._score(images)
+            mask = np.ones(self.num_envs, dtype=bool)
+            infos = {"images": images, "_images": mask, "reward_info": reward_info, "_reward_info": mask}
+        done = np.full(self.num_envs, self._episode_over)
+        return self._observation(), self._out(rewards), self._out(done), self._out(np.zeros(self.num_envs, dtype=bool)), infos
+
+    def _score(self, images: np.ndarray) -> tuple[np.ndarray, dict]:
+        rewards, info = self.reward_fn(images, list(self._episode_prompts))
+        rewards = np.asarray(rewards, dtype=np.float64)
+        if rewards.shape != (self.num_envs,) or not np.isfinite(rewards).all():
+            raise ValueError(
+                f"The reward function must return {self.num_envs} finite rewards, got shape {rewards.shape} "
+                f"with values {rewards!r}."
+            )
+        return rewards, dict(info)
+
+    def _observation(self) -> dict[str, Any]:
+        timestep = 0 if self._episode_over else self._timesteps[self._step_index]
+        if self.array_type == "torch":
+            timesteps = torch.full((self.num_envs,), timestep, dtype=torch.int64, device=self.device)
+            return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x}
+        timesteps = np.full(self.num_envs, timestep, dtype=np.int64)
+        return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x.cpu().numpy().copy()}
+
+    def _out(self, array: np.ndarray) -> Any:
+        """Rewards and flags as numpy, or as torch on the device with array_type="torch"."""
+        return torch.as_tensor(array, device=self.device) if self.array_type == "torch" else array
+
+
+class DiffusionEnv(gym.Env):
+    """One denoising episode at a time: a 1-env view of `DiffusionVectorEnv`, same arguments.
+
+    Observations, actions and infos are those of the vector env without the batch dimension; the
+    reward is a float. There is no autoreset: after `terminated`, call `reset()`.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, render_mode: str | None = None, **kwargs: Any):
+        self.vector_env = DiffusionVectorEnv(num_envs=1, render_mode=render_mode, **kwargs)
+        self.observation_space = self.vector_env.single_observation_space
+        self.action_space = self.vector_env.single_action_space
+        self.render_mode = render_mode
+
+    # the RNG is the vector env's, so seeding either seeds both
+    @property
+    def _np_random(self) -> np.random.Generator | None:  # type: ignore[override]
+        return self.vector_env._np_random
+
+    @_np_random.setter
+    def _np_random(self, value: np.random.Generator | None) -> None:
+        self.vector_env._np_random = value
+
+    @property
+    def _np_random_seed(self) -> int | None:  # type: ignore[override]
+        return self.vector_env._np_random_seed
+
+    @_np_random_seed.setter
+    def _np_random_seed(self, value: int | None) -> None:
+        self.vector_env._np_random_seed = value
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
+        obs, info = self.vector_env.reset(seed=seed, options=options)
+        return _first(obs), _first(info)
+
+    def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict, float, bool, bool, dict]:
+        env = self.vector_env
+        env._check_started()
+        if env._episode_over:
+            raise ValueError("The episode has ended (terminated=True); call reset() before stepping again.")
+        x_prev = env._check_action(action, env.model.sample_shape)
+        obs, reward, terminated, truncated, info = env._advance(x_prev.unsqueeze(0))
+        return _first(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _first(info)
+
+    def render(self) -> np.ndarray | None:
+        frames = self.vector_env.render()
+        return None if frames is None else frames[0]
+
+    def close(self) -> None:
+        self.vector_env.close()
+
+    def __getattr__(self, name: str) -> Any:
+        # model, sampler, guidance_scale, prompts, reward_fn, num_steps, ...: the vector env's
+        if name.startswith("_") or name == "vector_env":
+            raise AttributeError(name)
+        return getattr(self.vector_env, name)
+
+
+def _first(batch: Any) -> Any:
+    """The first sub-env's part of a batched observation or info dict (masks `_key` dropped)."""
+    if isinstance(batch, dict):
+        return {key: _first(value) for key, value in batch.items() if not key.startswith("_")}
+    if isinstance(batch, (tuple, list, np.ndarray, torch.Tensor)):
+        return batch[0]
+    return batch

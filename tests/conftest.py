@@ -1,0 +1,43 @@
+"""Shared fixtures: everything runs on the tiny random Stable Diffusion, on the CPU, offline."""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite must never wait on the network
+
+import gymnasium as gym
+import pytest
+import torch
+
+import diffusion_gym  # noqa: F401  (registers the ids)
+from diffusion_gym.models import build_tiny_random, load_model
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+TINY = dict(model="tiny-random", num_inference_steps=3, device="cpu")
+
+
+@pytest.fixture
+def tiny_model():
+    """A fresh tiny-random model, loaded (frozen, on the CPU) as load_model does; tests may add adapters to it."""
+    return load_model(build_tiny_random(), device="cpu")
+
+
+def make_vec(num_envs=2, env_id="DiffusionCompressibility-v0", **kwargs):
+    return gym.make_vec(env_id, num_envs=num_envs, **{**TINY, **kwargs})
+
+
+def run_episode(envs, policy, seed=0, policy_seed=0):
+    """Roll one episode through a vector env; returns lists of obs, actions, log-probs, rewards and the last info."""
+    generator = torch.Generator().manual_seed(policy_seed)
+    obs, _ = envs.reset(seed=seed)
+    trace = {"obs": [obs], "actions": [], "log_probs": [], "rewards": []}
+    while True:
+        action, log_prob = policy.act(obs, generator=generator)
+        obs, reward, terminated, truncated, info = envs.step(action)
+        trace["obs"].append(obs)
+        trace["actions"].append(action)
+        trace["log_probs"].append(log_prob)
+        trace["rewards"].append(reward)
+        if terminated.all():
+            trace["info"] = info
+            return trace
