@@ -99,9 +99,25 @@ def test_mean_and_std_formulas_with_a_closed_form_model():
         x = mean + std * torch.randn_like(mean)
 
 
+def test_a_zero_terminal_snr_schedule_gives_finite_steps():
+    """Cosine schedule, trailing timesteps: the first step is at ᾱ ≈ 2e-9, where the DDIM direction
+    term is 0 up to float32 rounding (the embedded model's scheduler)."""
+    scheduler = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", clip_sample=True, set_alpha_to_one=False, timestep_spacing="trailing")
+    sampler = DDIMSampler(scheduler, num_inference_steps=5)
+    assert sampler.timesteps[0] == 999
+    generator = torch.Generator().manual_seed(6)
+    x = torch.randn(SHAPE, generator=generator)
+    for t in sampler.timesteps.tolist():
+        step = sampler.step(torch.randn(SHAPE, generator=generator), t, x, generator=generator)
+        assert torch.isfinite(step.mean).all() and torch.isfinite(step.log_prob).all()
+        x = step.prev_sample
+
+
 def test_bad_sampler_settings_are_rejected():
     with pytest.raises(ValueError, match="eta must be > 0"):
         DDIMSampler(sd_scheduler(), num_inference_steps=10, eta=0.0)
+    with pytest.raises(ValueError, match="<= 1"):
+        DDIMSampler(sd_scheduler(), num_inference_steps=10, eta=1.5)
     with pytest.raises(ValueError, match="set_alpha_to_one"):
         DDIMSampler(sd_scheduler(set_alpha_to_one=True, steps_offset=0), num_inference_steps=10)
     with pytest.raises(ValueError, match="positive int"):

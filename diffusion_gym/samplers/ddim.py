@@ -22,14 +22,14 @@ class DDIMSampler:
         scheduler: any diffusers scheduler; its config is turned into a `DDIMScheduler`
             (Stable Diffusion ships a PNDM config, as ddpo-pytorch also does this).
         num_inference_steps: sampler steps per episode (the paper: 50).
-        eta: the DDIM stochasticity, > 0 (the paper: 1.0). At 0 the step is deterministic and has
-            no log-density.
+        eta: the DDIM stochasticity, in (0, 1] (the paper: 1.0). At 0 the step is deterministic
+            and has no log-density; above 1 the DDIM mean is undefined.
     """
 
     def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int, eta: float = 1.0):
-        if not eta > 0:
+        if not 0 < eta <= 1:
             raise ValueError(
-                f"eta must be > 0 for a stochastic policy with a log-prob, got {eta}; "
+                f"eta must be > 0 for a stochastic policy with a log-prob, and <= 1 for DDIM, got {eta}; "
                 "eta=1.0 is the paper's setting (eta=0 is deterministic DDIM)."
             )
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
@@ -138,8 +138,11 @@ class DDIMSampler:
         variance = (1 - alpha_prod_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_prev)
         std = self.eta * variance**0.5
 
-        # 3. the mean: √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ_t²) · ε̂ (eq. 12 without the noise term)
-        mean = alpha_prod_prev**0.5 * pred_original_sample + (1 - alpha_prod_prev - std**2) ** 0.5 * pred_epsilon
+        # 3. the mean: √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ_t²) · ε̂ (eq. 12 without the noise term).
+        # For eta <= 1 the term under the root is >= 0; it is 0 in exact arithmetic when ᾱ_t = 0
+        # (zero terminal SNR), where float32 rounding can make it slightly negative: clamp that.
+        direction_scale = (1 - alpha_prod_prev - std**2).clamp(min=0) ** 0.5
+        mean = alpha_prod_prev**0.5 * pred_original_sample + direction_scale * pred_epsilon
 
         # 4. sample x_{t-1} = mean + σ_t z, or score the given one
         if prev_sample is None:
