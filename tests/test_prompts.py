@@ -9,6 +9,7 @@ def test_the_papers_sets_have_the_papers_sizes():
     assert len(load_prompts("imagenet_animals")) == 398
     assert len(load_prompts("simple_animals")) == 45
     assert len(load_prompts("animal_activities")) == 45 * 3
+    assert len(load_prompts("toy_world")) == 204 and len(load_prompts("toy_world_held_out")) == 36
 
 
 def test_known_entries():

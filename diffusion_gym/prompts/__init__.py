@@ -5,6 +5,8 @@
 | imagenet_animals  | the 398 animal classes of ImageNet-1k (classes 0-397), first WordNet lemma | (in)compressibility |
 | simple_animals    | 45 common animals | aesthetic quality |
 | animal_activities | "a(n) [animal] [activity]" for the 45 animals and 3 activities (135) | prompt alignment |
+| toy_world         | the embedded model's training captions (204) | all tasks, on the embedded model |
+| toy_world_held_out| captions of the 36 combinations the embedded model never saw | generalisation |
 """
 
 from __future__ import annotations
@@ -42,10 +44,24 @@ def animal_activities() -> list[str]:
     return [f"{with_article(animal)} {activity}" for animal in simple_animals() for activity in _read_lines("activities.txt")]
 
 
+def toy_world() -> list[str]:
+    from diffusion_gym.embedded.world import TRAIN_PROMPTS
+
+    return list(TRAIN_PROMPTS)
+
+
+def toy_world_held_out() -> list[str]:
+    from diffusion_gym.embedded.world import HELD_OUT_PROMPTS
+
+    return list(HELD_OUT_PROMPTS)
+
+
 PROMPT_SETS: dict[str, Callable[[], list[str]]] = {
     "imagenet_animals": imagenet_animals,
     "simple_animals": simple_animals,
     "animal_activities": animal_activities,
+    "toy_world": toy_world,
+    "toy_world_held_out": toy_world_held_out,
 }
 
 
