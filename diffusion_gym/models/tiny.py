@@ -20,7 +20,7 @@ from diffusion_gym.models.pipeline import DiffusionModel
 TEXT_DIM = 32
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """The 256 printable stand-ins for bytes that byte-level BPE tokenizers (GPT-2, CLIP) use."""
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     chars, extra = keep[:], 0
@@ -34,7 +34,7 @@ def _byte_alphabet() -> list[str]:
 def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A real `CLIPTokenizer` whose vocabulary is the 256 bytes (with and without the end-of-word
     mark) and no merges: every prompt tokenizes, one token a character."""
-    alphabet = _byte_alphabet()
+    alphabet = byte_alphabet()
     vocab = {token: i for i, token in enumerate(alphabet + [c + "</w>" for c in alphabet])}
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)

@@ -1,0 +1,151 @@
+"""The toy-world captioner: reads an image back into its attributes and its caption.
+
+A small CNN with one classification head per attribute, trained on the world generator's ground
+truth (training combinations only, so that held-out combinations test it too). It is the
+evaluation instrument for the embedded model (how faithful are samples to their prompts) and the
+VLM stand-in of the prompt-alignment reward on the embedded model.
+
+    captioner = load_captioner()
+    attributes = captioner.read(images)        # (N, 32, 32, 3) uint8 -> (N, 4) attribute indices
+    captions = captioner.caption(images)       # ["a small red circle on a flat background", ...]
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from tqdm import tqdm
+
+from diffusion_gym.embedded import world
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class Captioner(nn.Module):
+    """CNN over 32×32 RGB images with one linear head per attribute of `world.ATTRIBUTES`."""
+
+    def __init__(self, width: int = 16):
+        super().__init__()
+        self.width = width
+
+        def block(c_in: int, c_out: int) -> nn.Sequential:
+            return nn.Sequential(
+                nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(),
+                nn.MaxPool2d(2),
+            )  # fmt: skip
+
+        self.features = nn.Sequential(block(3, width), block(width, 2 * width), block(2 * width, 4 * width), nn.Flatten())
+        self.trunk = nn.Sequential(nn.Linear(4 * width * 4 * 4, 256), nn.ReLU())
+        self.heads = nn.ModuleList(nn.Linear(256, len(values)) for values in world.ATTRIBUTES.values())
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Logits per attribute for images (N, 3, 32, 32) float in [-1, 1]."""
+        hidden = self.trunk(self.features(images))
+        return [head(hidden) for head in self.heads]
+
+    @staticmethod
+    def to_input(images: np.ndarray) -> torch.Tensor:
+        """(N, 32, 32, 3) uint8 -> (N, 3, 32, 32) float32 in [-1, 1]."""
+        if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (world.IMAGE_SIZE, world.IMAGE_SIZE, 3):
+            raise ValueError(f"The captioner reads (N, 32, 32, 3) uint8 images, got {images.dtype} {images.shape}.")
+        return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    @torch.no_grad()
+    def read(self, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        """The most likely value of each attribute, (N, 4) int64 indices in `world.ATTRIBUTE_NAMES` order."""
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        for start in range(0, len(images), batch_size):
+            logits = self(self.to_input(images[start : start + batch_size]).to(device))
+            out.append(torch.stack([l.argmax(dim=1) for l in logits], dim=1).cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, len(world.ATTRIBUTES)), dtype=np.int64)
+
+    def caption(self, images: np.ndarray) -> list[str]:
+        """The caption of each image, as the world writes captions."""
+        return [world.caption(combination_of(row)) for row in self.read(images)]
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_file(self.state_dict(), folder / WEIGHTS_NAME)
+        (folder / CONFIG_NAME).write_text(json.dumps({"width": self.width, "attributes": world.ATTRIBUTES}, indent=2) + "\n")
+
+
+def combination_of(labels: np.ndarray) -> world.Combination:
+    """Attribute indices (4,) -> the combination of values."""
+    return tuple(world.ATTRIBUTES[name][int(i)] for name, i in zip(world.ATTRIBUTE_NAMES, labels))  # type: ignore[return-value]
+
+
+def load_captioner(folder: str | Path | None = None) -> Captioner:
+    """Load a saved captioner (by default the one shipped with the embedded model)."""
+    from diffusion_gym.embedded import EMBEDDED_DIR
+
+    folder = Path(folder) if folder is not None else EMBEDDED_DIR / "captioner"
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ValueError(
+            f"No captioner weights at {folder}; train them with `python -m diffusion_gym.embedded.train` "
+            "(see its --help), or pass the folder that holds model.safetensors."
+        )
+    config = json.loads((folder / CONFIG_NAME).read_text())
+    if config.get("attributes") != {k: list(v) for k, v in world.ATTRIBUTES.items()}:
+        raise ValueError(f"The captioner at {folder} was trained on another world's attributes; retrain it.")
+    captioner = Captioner(width=config["width"])
+    captioner.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    return captioner.eval()
+
+
+@dataclass
+class CaptionerTraining:
+    """How the captioner is trained (on training combinations, with pixel noise for robustness)."""
+
+    steps: int = 1500
+    """Optimizer steps."""
+    batch_size: int = 128
+    """Renders per step."""
+    learning_rate: float = 2e-3
+    """Adam learning rate (cosine-decayed to 0)."""
+    max_pixel_noise: float = 12.0
+    """Gaussian noise of std up to this many grey levels is added to each render, so that slightly
+    noisy model samples are read like clean renders."""
+    seed: int = 0
+    """Seeds the renders and the weights."""
+
+
+def train_captioner(config: CaptionerTraining, log: list[dict] | None = None) -> Captioner:
+    """Train a captioner on fresh renders of the training combinations."""
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    captioner = Captioner()
+    optimizer = torch.optim.Adam(captioner.parameters(), lr=config.learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.steps))
+    captioner.train()
+    for step in (bar := tqdm(range(config.steps), desc="captioner", unit="step")):
+        batch = world.sample_batch(config.batch_size, rng, world.TRAIN)
+        noise_std = rng.uniform(0, config.max_pixel_noise, size=(config.batch_size, 1, 1, 1))
+        noisy = np.clip(batch.images + rng.normal(0, 1, batch.images.shape) * noise_std, 0, 255).astype(np.uint8)
+        logits = captioner(Captioner.to_input(noisy))
+        labels = torch.from_numpy(batch.labels)
+        loss = sum(nn.functional.cross_entropy(l, labels[:, i]) for i, l in enumerate(logits))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == config.steps - 1:
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            if log is not None:
+                log.append({"model": "captioner", "step": step, "loss": loss.item()})
+    return captioner.eval()
+
+
+def attribute_accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Fraction of images whose attribute was read right, per attribute name."""
+    return {name: float((predicted[:, i] == labels[:, i]).mean()) for i, name in enumerate(world.ATTRIBUTE_NAMES)}
