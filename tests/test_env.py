@@ -10,7 +10,7 @@ from gymnasium.utils.env_checker import check_env
 from gymnasium.vector import AutoresetMode
 
 from conftest import TINY, make_vec, run_episode
-from diffusion_gym import ENV_IDS, DiffusionEnv, DiffusionPolicy, DiffusionVectorEnv
+from diffusion_gym import ENV_IDS, DiffusionEnv, DiffusionPolicy, DiffusionVectorEnv, load_prompts
 from diffusion_gym.rewards import REWARDS, jpeg_size_kb
 
 
@@ -43,11 +43,14 @@ def test_check_env_passes_on_every_id(env_id):
 def test_ids_carry_the_papers_defaults():
     for env_id in ENV_IDS:
         kwargs = gym.spec(env_id).kwargs
-        assert kwargs["model"] == "CompVis/stable-diffusion-v1-4"
-        assert (kwargs["num_inference_steps"], kwargs["guidance_scale"], kwargs["eta"]) == (50, 5.0, 1.0)
-    assert gym.spec("DiffusionAesthetic-v0").kwargs["prompts"] == "simple_animals"
-    assert gym.spec("DiffusionCompressibility-v0").kwargs["prompts"] == "imagenet_animals"
-    assert gym.spec("DiffusionPromptAlignment-v0").kwargs["prompts"] == "animal_activities"
+        assert kwargs["model"] == "CompVis/stable-diffusion-v1-4" and kwargs["eta"] == 1.0
+    assert gym.spec("DiffusionAesthetic-v0").kwargs["default_prompts"] == "simple_animals"
+    assert gym.spec("DiffusionCompressibility-v0").kwargs["default_prompts"] == "imagenet_animals"
+    assert gym.spec("DiffusionPromptAlignment-v0").kwargs["default_prompts"] == "animal_activities"
+    # a model without defaults of its own (Stable Diffusion, tiny-random) samples as the paper did
+    env = gym.make("DiffusionIncompressibility-v0", model="tiny-random", device="cpu").unwrapped
+    assert (env.num_steps, env.guidance_scale, env.sampler.eta) == (50, 5.0, 1.0)
+    assert env.prompts == load_prompts("imagenet_animals")
 
 
 def test_make_vec_builds_one_batched_env_with_the_declared_autoreset_mode():
@@ -256,6 +259,7 @@ def test_a_model_that_cannot_be_found_says_how_to_pass_a_folder():
     [
         ({"num_envs": 0}, "num_envs"),
         ({"eta": 0.0}, "eta must be > 0"),
+        ({"guidance_scale": float("nan")}, "guidance_scale"),
         ({"array_type": "jax"}, "array_type"),
         ({"render_mode": "human"}, "render_mode"),
         ({"prompts": "no-such-set"}, "known sets"),

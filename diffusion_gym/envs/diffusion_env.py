@@ -12,6 +12,7 @@ from gymnasium.spaces import Box, Dict, Discrete, Text
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from diffusion_gym.envs.registration import PAPER_DEFAULTS
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
@@ -62,12 +63,17 @@ class DiffusionVectorEnv(VectorEnv):
 
     ## Arguments
     - num_envs: episodes run in parallel (the batch size of the UNet).
-    - model: a hub id, a local diffusers pipeline folder, "tiny-random", or a `DiffusionModel`.
+    - model: a hub id, a local diffusers pipeline folder, "tiny-random", "embedded", or a
+      `DiffusionModel`.
     - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
       `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory.
-    - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list.
-    - num_inference_steps: sampler steps, the episode length (the paper: 50).
-    - guidance_scale: the classifier-free guidance weight the policy uses (the paper: 5.0).
+    - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list;
+      None: the model's own prompt set if it has one (the embedded model's toy world), else
+      `default_prompts` (the task's set from the paper, as registered).
+    - num_inference_steps: sampler steps, the episode length; None: the model's default if it
+      has one (embedded: 20), else the paper's 50.
+    - guidance_scale: the classifier-free guidance weight the policy uses; None: the model's
+      default if it has one (embedded: 3.0), else the paper's 5.0.
     - eta: DDIM stochasticity, > 0 (the paper: 1.0).
     - device, dtype: where and in which precision the networks run ("auto" picks CUDA if present).
     - array_type: "numpy" (default) or "torch" observations.
@@ -83,12 +89,13 @@ class DiffusionVectorEnv(VectorEnv):
         self,
         num_envs: int = 1,
         *,
-        model: str | DiffusionModel = "CompVis/stable-diffusion-v1-4",
+        model: str | DiffusionModel = PAPER_DEFAULTS["model"],
         reward: str | RewardFn = "jpeg_compressibility",
-        prompts: str | Sequence[str] = "imagenet_animals",
-        num_inference_steps: int = 50,
-        guidance_scale: float = 5.0,
-        eta: float = 1.0,
+        prompts: str | Sequence[str] | None = None,
+        default_prompts: str = "imagenet_animals",
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        eta: float = PAPER_DEFAULTS["eta"],
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         array_type: str = "numpy",
@@ -104,9 +111,17 @@ class DiffusionVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.array_type = array_type
         self.render_mode = render_mode
-        self.prompts = load_prompts(prompts)
+        given_prompts = load_prompts(prompts) if prompts is not None else None  # checked before the slow part
         self.reward_fn = make_reward(reward, **(reward_kwargs or {}))
         self.model = load_model(model, device=device, dtype=dtype)
+
+        # settings not given: the model's own if it has them, else the paper's
+        defaults = {**PAPER_DEFAULTS, "prompts": default_prompts, **self.model.defaults}
+        self.prompts = given_prompts or load_prompts(defaults["prompts"])
+        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
+            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
         self.guidance_scale = float(guidance_scale)
         self.device = self.model.device

@@ -23,7 +23,8 @@ class Task:
     """Registered prompt set (`diffusion_gym.prompts.PROMPT_SETS`)."""
 
 
-# The paper's sampling setup (Stable Diffusion v1.4, 50 DDIM steps, eta 1, guidance 5).
+# The paper's sampling setup (Stable Diffusion v1.4, 50 DDIM steps, eta 1, guidance 5). Steps and
+# guidance apply unless given, or unless the model names its own (the embedded model does).
 PAPER_DEFAULTS = {
     "model": "CompVis/stable-diffusion-v1-4",
     "num_inference_steps": 50,
@@ -52,5 +53,5 @@ def register_envs() -> None:
             vector_entry_point="diffusion_gym.envs.diffusion_env:DiffusionVectorEnv",
             # our env raises a ValueError on step-before-reset itself, with a clearer message
             order_enforce=False,
-            kwargs={**PAPER_DEFAULTS, "reward": task.reward, "prompts": task.prompts},
+            kwargs={"model": PAPER_DEFAULTS["model"], "eta": PAPER_DEFAULTS["eta"], "reward": task.reward, "default_prompts": task.prompts},
         )

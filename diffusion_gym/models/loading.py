@@ -19,12 +19,31 @@ from urllib.parse import urlparse
 
 import torch
 
+from diffusion_gym.embedded import EMBEDDED_DIR
 from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
 from diffusion_gym.models.tiny import build_tiny_random
 
-# Models built in code, by name. Later entries (the embedded default) join this table.
+# The embedded model's sampling settings: its own prompt world, 20 steps, the guidance its
+# evaluation chose (diffusion_gym/embedded/evaluate.py).
+EMBEDDED_DEFAULTS = {"prompts": "toy_world", "num_inference_steps": 20, "guidance_scale": 3.0}
+
+
+def load_embedded() -> DiffusionModel:
+    """The embedded default, from the pipeline folder shipped inside the package."""
+    if not (EMBEDDED_DIR / "model_index.json").is_file():
+        raise ValueError(
+            f"The embedded model's weights are missing from {EMBEDDED_DIR}; reinstall diffusion-gym, "
+            "or train them with `python -m diffusion_gym.embedded.train`."
+        )
+    model = _load_pipeline_parts(str(EMBEDDED_DIR), local_files_only=True)
+    model.name, model.defaults = "embedded", dict(EMBEDDED_DEFAULTS)
+    return model
+
+
+# Models by name: built in code, or shipped with the package.
 BUILTIN_MODELS: dict[str, Callable[[], DiffusionModel]] = {
     "tiny-random": build_tiny_random,
+    "embedded": load_embedded,
 }
 
 # The libraries a model_index.json may name classes from.

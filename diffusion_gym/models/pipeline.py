@@ -7,7 +7,7 @@ default) are the same object; `vae is None` is the only difference, and only `de
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +31,9 @@ class DiffusionModel:
             schedule; samplers wrap it).
         vae: the latent decoder (`AutoencoderKL`), or None for a pixel-space model.
         name: where the model came from (hub id, folder, "tiny-random").
+        defaults: sampling settings this model is meant to be used with, which environments
+            take when not told otherwise: "prompts" (a prompt set name), "num_inference_steps",
+            "guidance_scale". Empty for Stable Diffusion (the paper's settings apply).
     """
 
     unet: torch.nn.Module
@@ -39,6 +42,7 @@ class DiffusionModel:
     scheduler: object
     vae: torch.nn.Module | None = None
     name: str = ""
+    defaults: dict = field(default_factory=dict)
 
     @property
     def device(self) -> torch.device:
