@@ -11,7 +11,9 @@ the sampler and the guidance scale w. Observations are the environments' dicts
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import copy
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -48,6 +50,7 @@ class DiffusionPolicy(nn.Module):
         self.sampler = sampler
         self.guidance_scale = float(guidance_scale)
         self.reduce: Reduce = reduce
+        self._reference_unet: nn.Module | None = None  # a frozen copy of the start, for full fine-tuning's KL
         self._prompt_embeds: dict[str, torch.Tensor] = {}
         self._embeds_key: tuple[torch.device, torch.dtype] | None = None
 
@@ -100,11 +103,42 @@ class DiffusionPolicy(nn.Module):
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(target_modules))
         self.unet.add_adapter(config)
 
-    def enable_full_finetuning(self) -> None:
-        """Make every UNet parameter trainable (the text encoder stays frozen)."""
+    def enable_full_finetuning(self, keep_reference: bool = False) -> None:
+        """Make every UNet parameter trainable (the text encoder stays frozen).
+
+        Args:
+            keep_reference: keep a frozen copy of the UNet as it is now, for `reference()` (a KL
+                penalty toward the starting model); costs a second UNet in memory.
+        """
         if self.finetuning == "lora":
             raise ValueError("This policy has LoRA adapters; full fine-tuning goes on a policy without them.")
+        if keep_reference:
+            # kept outside the module tree: not a parameter, not in state_dict()
+            object.__setattr__(self, "_reference_unet", copy.deepcopy(self.unet).requires_grad_(False).eval())
         self.unet.requires_grad_(True)
+
+    @contextmanager
+    def reference(self) -> Iterator["DiffusionPolicy"]:
+        """Within this block the policy is the model it started from: LoRA adapters disabled, or,
+        for full fine-tuning, the copy kept by `enable_full_finetuning(keep_reference=True)`."""
+        mode = self.finetuning
+        if mode == "lora":
+            self.unet.disable_adapters()
+            try:
+                yield self
+            finally:
+                self.unet.enable_adapters()
+        elif mode == "full":
+            if self._reference_unet is None:
+                raise ValueError("No reference model: call enable_full_finetuning(keep_reference=True) before training.")
+            live = self.unet
+            self.unet = self._reference_unet
+            try:
+                yield self
+            finally:
+                self.unet = live
+        else:
+            yield self  # nothing is trained: the policy is its own reference
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should update (empty until LoRA or full fine-tuning is enabled)."""
@@ -177,6 +211,35 @@ class DiffusionPolicy(nn.Module):
     def log_prob(self, obs: dict, action: torch.Tensor | np.ndarray, reduce: Reduce | None = None) -> torch.Tensor:
         """log π(action | obs), (B,) float32 torch tensor, differentiable w.r.t. the trainable parameters."""
         return self.forward(obs, action=action, reduce=reduce).log_prob
+
+    def denoising_loss(
+        self, x0: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
+        """The ordinary (conditional) diffusion training loss, one value per sample:
+        ‖target − model(√ᾱ_t x_0 + √(1−ᾱ_t) ε, c, t)‖² averaged over dimensions, with the target
+        ε, v or x_0 as the model predicts. Used by reward-weighted regression.
+
+        Args:
+            x0: clean samples, (B, C, H, W), in the model's sample space.
+            prompts: B prompts.
+            timesteps: (B,) training timesteps; drawn uniformly if None.
+            generator: for the timesteps and the noise.
+
+        Returns:
+            (B,) float32, differentiable w.r.t. the trainable parameters.
+        """
+        x0 = x0.to(self.device, torch.float32)
+        num_train = self.sampler.num_train_timesteps
+        if timesteps is None:
+            timesteps = torch.randint(0, num_train, (x0.shape[0],), generator=generator, device="cpu")
+        timesteps = timesteps.to(self.device).long()
+        noise = torch.randn(x0.shape, generator=generator, device="cpu").to(self.device)
+        alpha = self.sampler.scheduler.alphas_cumprod.to(self.device)[timesteps].view(-1, 1, 1, 1).float()
+        x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+        prediction_type = self.sampler.scheduler.config.prediction_type
+        target = {"epsilon": noise, "v_prediction": alpha.sqrt() * noise - (1 - alpha).sqrt() * x0, "sample": x0}[prediction_type]
+        prediction = self.unet(x_t.to(self.dtype), timesteps, encoder_hidden_states=self.encode_prompts(list(prompts))).sample.float()
+        return ((prediction - target) ** 2).mean(dim=(1, 2, 3))
 
     # ---------------------------------------------------------------- observations
     def _unpack(self, obs: dict) -> tuple[list[str], torch.Tensor, torch.Tensor, bool]:

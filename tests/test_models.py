@@ -28,6 +28,13 @@ def test_tiny_random_is_a_small_stable_diffusion():
     assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
 
 
+def test_tiny_random_pixel_has_no_vae_and_its_images_are_its_samples():
+    model = load_model("tiny-random-pixel", device="cpu")
+    assert model.vae is None and model.sample_shape == (3, 16, 16) and model.image_shape == (16, 16, 3)
+    x0 = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1).expand(1, 3, 16, 16)
+    np.testing.assert_array_equal(model.decode(x0)[0, 0, 0], [0, 128, 255])  # (x / 2 + 0.5) · 255, rounded
+
+
 def test_tiny_random_weights_depend_only_on_the_seed():
     torch.manual_seed(123)
     a, b = build_tiny_random(seed=0), build_tiny_random(seed=0)

@@ -120,3 +120,54 @@ def test_bad_arguments_and_observations_are_rejected(tiny_model):
         policy.act(obs)
     with pytest.raises(ValueError, match="rank"):
         policy.enable_lora(rank=0)
+
+
+def test_reference_is_the_starting_policy_for_lora_and_full_finetuning(tiny_model):
+    policy = make_policy(tiny_model)
+    obs = batch_obs(policy)
+    action, start = policy.act(obs, generator=torch.Generator().manual_seed(5))
+    policy.enable_lora(rank=2)
+    with torch.no_grad():
+        for name, p in policy.unet.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.05)  # move the adapters away from zero
+    moved = policy.log_prob(obs, action).detach()
+    assert not torch.allclose(moved, start)
+    with policy.reference():
+        torch.testing.assert_close(policy.log_prob(obs, action), start)
+    torch.testing.assert_close(policy.log_prob(obs, action).detach(), moved)  # adapters are back
+
+
+def test_reference_for_full_finetuning_needs_a_kept_copy():
+    from diffusion_gym.models import build_tiny_random, load_model
+
+    policy = make_policy(load_model(build_tiny_random(), device="cpu"))
+    obs = batch_obs(policy)
+    action, start = policy.act(obs)
+    policy.enable_full_finetuning(keep_reference=True)
+    with torch.no_grad():
+        next(policy.unet.parameters()).add_(0.1)
+    with policy.reference():
+        torch.testing.assert_close(policy.log_prob(obs, action), start)
+    assert not torch.allclose(policy.log_prob(obs, action).detach(), start)
+    assert len(policy.state_dict()) == len(make_policy(load_model(build_tiny_random(), device="cpu")).state_dict())
+    other = make_policy(load_model(build_tiny_random(), device="cpu"))
+    other.enable_full_finetuning()
+    with pytest.raises(ValueError, match="keep_reference=True"):
+        with other.reference():
+            pass
+
+
+def test_denoising_loss_matches_a_hand_computation(tiny_model):
+    policy = make_policy(tiny_model)
+    generator = torch.Generator().manual_seed(8)
+    x0 = torch.randn(2, 4, 8, 8, generator=generator)
+    timesteps = torch.tensor([10, 700])
+    loss = policy.denoising_loss(x0, ["a cat", "a dog"], timesteps=timesteps, generator=torch.Generator().manual_seed(9))
+    # the same noise, by hand (tiny-random predicts epsilon)
+    replay = torch.Generator().manual_seed(9)
+    noise = torch.randn(x0.shape, generator=replay)
+    alpha = policy.sampler.scheduler.alphas_cumprod[timesteps].view(-1, 1, 1, 1)
+    x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
+    eps = policy.unet(x_t, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])).sample
+    torch.testing.assert_close(loss, ((eps - noise) ** 2).mean(dim=(1, 2, 3)))

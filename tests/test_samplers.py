@@ -5,7 +5,7 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from diffusion_gym.samplers import DDIMSampler, gaussian_log_prob
+from diffusion_gym.samplers import DDIMSampler, gaussian_kl, gaussian_log_prob
 
 SD_CONFIG = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 SHAPE = (3, 4, 8, 8)
@@ -130,3 +130,15 @@ def test_a_non_ddim_scheduler_config_is_wrapped():
     sampler = DDIMSampler(PNDMScheduler(**{k: v for k, v in SD_CONFIG.items() if k != "clip_sample"}, skip_prk_steps=True), 50)
     assert isinstance(sampler.scheduler, DDIMScheduler)
     assert sampler.timesteps[0] == 981 and sampler.timesteps[-1] == 1
+
+
+def test_closed_form_kl_equals_torch_distributions():
+    generator = torch.Generator().manual_seed(7)
+    mean_p, mean_q = torch.randn(SHAPE, generator=generator), torch.randn(SHAPE, generator=generator)
+    std = torch.tensor([0.1, 0.5, 2.0]).view(3, 1, 1, 1)
+    p = torch.distributions.Normal(mean_p, std.expand(SHAPE))
+    q = torch.distributions.Normal(mean_q, std.expand(SHAPE))
+    expected = torch.distributions.kl_divergence(p, q).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(gaussian_kl(mean_p, mean_q, std), expected, rtol=1e-5, atol=0)
+    torch.testing.assert_close(gaussian_kl(mean_p, mean_q, std, "mean"), expected / 256, rtol=1e-5, atol=0)
+    assert torch.equal(gaussian_kl(mean_p, mean_p, std), torch.zeros(3))

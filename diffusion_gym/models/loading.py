@@ -43,6 +43,7 @@ def load_embedded() -> DiffusionModel:
 # Models by name: built in code, or shipped with the package.
 BUILTIN_MODELS: dict[str, Callable[[], DiffusionModel]] = {
     "tiny-random": build_tiny_random,
+    "tiny-random-pixel": lambda: build_tiny_random(pixel_space=True),
     "embedded": load_embedded,
 }
 

@@ -44,8 +44,11 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
 
 
-def build_tiny_random(seed: int = 0) -> DiffusionModel:
-    """Build the tiny Stable Diffusion: 4×8×8 latents decoded to 16×16 RGB images.
+def build_tiny_random(seed: int = 0, pixel_space: bool = False) -> DiffusionModel:
+    """Build the tiny Stable Diffusion: 4×8×8 latents decoded to 16×16 RGB images, or with
+    `pixel_space=True` a UNet on 3×16×16 pixels and no VAE (like the embedded model) that
+    predicts x_0 clipped to [-1, 1]: its images are its samples, so rewards on them give
+    learning tests a direct signal.
 
     The weights depend only on `seed` (the global torch RNG is left as it was).
     """
@@ -66,9 +69,9 @@ def build_tiny_random(seed: int = 0) -> DiffusionModel:
             )
         )
         unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
+            sample_size=16 if pixel_space else 8,
+            in_channels=3 if pixel_space else 4,
+            out_channels=3 if pixel_space else 4,
             block_out_channels=(32, 64),
             layers_per_block=1,
             down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
@@ -91,12 +94,17 @@ def build_tiny_random(seed: int = 0) -> DiffusionModel:
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
-        clip_sample=False,
+        # the pixel variant predicts x_0 itself, kept in the image range: its untrained samples stay
+        # in [-1, 1] instead of saturating, so rewards on its images respond to the policy
+        prediction_type="sample" if pixel_space else "epsilon",
+        clip_sample=pixel_space,
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    if pixel_space:
+        vae = None
     for module in (unet, text_encoder, vae):
-        module.eval()
-    return DiffusionModel(
-        unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, name="tiny-random"
-    )
+        if module is not None:
+            module.eval()
+    name = "tiny-random-pixel" if pixel_space else "tiny-random"
+    return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, name=name)

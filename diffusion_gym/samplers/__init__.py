@@ -3,7 +3,7 @@
 The log-density itself lives once, in `base.gaussian_log_prob`.
 """
 
-from diffusion_gym.samplers.base import SamplerStep, gaussian_log_prob
+from diffusion_gym.samplers.base import SamplerStep, gaussian_kl, gaussian_log_prob
 from diffusion_gym.samplers.ddim import DDIMSampler
 
-__all__ = ["DDIMSampler", "SamplerStep", "gaussian_log_prob"]
+__all__ = ["DDIMSampler", "SamplerStep", "gaussian_kl", "gaussian_log_prob"]

@@ -58,3 +58,18 @@ class SamplerStep:
     std: torch.Tensor
     log_prob: torch.Tensor
     pred_original_sample: torch.Tensor
+
+
+def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, reduce: Reduce = "sum") -> torch.Tensor:
+    """KL(N(mean_p, std² I) ‖ N(mean_q, std² I)) = ‖mean_p − mean_q‖² / (2 std²), one value per sample.
+
+    Two denoising policies at the same step share σ_t (it depends on the schedule only), so the
+    KL between them has this closed form. Shapes and `reduce` as in `gaussian_log_prob`.
+    """
+    kl = (mean_p - mean_q) ** 2 / (2 * std**2)
+    dims = tuple(range(1, kl.ndim))
+    if reduce == "sum":
+        return kl.sum(dim=dims)
+    if reduce == "mean":
+        return kl.mean(dim=dims)
+    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
