@@ -1,0 +1,202 @@
+"""DDPO: policy gradients on the denoising MDP (Black et al. 2023), with both estimators.
+
+- "sf", score function (REINFORCE): ∇J = E[Σ_t ∇ log π(a_t | s_t) · A]. One gradient step per
+  batch of fresh samples: all of it is accumulated into that step.
+- "is", importance sampling with PPO's clipped trust region:
+  minimise E[max(−A ρ_t, −A clip(ρ_t, 1 − ε, 1 + ε))], ρ_t = π(a_t | s_t) / π_old(a_t | s_t),
+  with several updates (minibatches × inner epochs) per batch.
+
+The SF loss is written −A · exp(log π − stop_grad(log π)): its value is −A and its gradient
+−A ∇ log π, so at ρ = 1 both estimators give the same loss and the same gradient.
+The advantage A is the reward normalised per prompt (`PerPromptNormalizer`), the same for every
+step of an episode. An optional per-step KL penalty toward the starting model uses the closed
+form for two Gaussians with the same σ_t.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from agents.buffer import Trajectories
+from agents.distributed import average_gradients, gather_prompts_and_rewards
+from agents.normalizer import PerPromptNormalizer
+from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.samplers import gaussian_kl
+
+
+@dataclass
+class DDPOConfig:
+    """DDPO hyperparameters (defaults: ddpo-pytorch's LoRA settings for Stable Diffusion)."""
+
+    estimator: Literal["sf", "is"] = "is"
+    """"sf": score function, one step per batch; "is": importance sampling with clipping."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate."""
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    adam_weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    adam_epsilon: float = 1e-8
+    """AdamW epsilon."""
+    train_batch_size: int = 8
+    """Samples per minibatch (one forward/backward per sampler step)."""
+    gradient_accumulation_steps: int = 1
+    """Minibatches per optimizer step ("is"; "sf" accumulates the whole batch into one step)."""
+    num_inner_epochs: int = 1
+    """Passes over each batch of samples ("is" only)."""
+    clip_range: float = 1e-4
+    """ε of the trust region on ρ ("is"); tiny because log-probs are per-dimension means by default."""
+    adv_clip_max: float = 5.0
+    """Advantages are clipped to ±this."""
+    per_prompt_buffer: int = 32
+    """Rewards kept per prompt for its statistics."""
+    per_prompt_min_count: int = 16
+    """Rewards a prompt needs before its own statistics replace the batch's."""
+    timestep_fraction: float = 1.0
+    """Fraction of each episode's steps trained on (a random subset per sample)."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+    kl_coef: float = 0.0
+    """Weight of the per-step KL penalty toward the starting model (0: off)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast for the training forward pass ("fp16" on CUDA only)."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.estimator in ("sf", "is"), f"estimator must be 'sf' or 'is', got {self.estimator!r}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}"),
+            (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
+            (self.num_inner_epochs >= 1, "num_inner_epochs must be >= 1"),
+            (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
+            (0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+            (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
+            (self.mixed_precision in ("no", "bf16", "fp16"), f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, estimator: str, clip_range: float) -> tuple[torch.Tensor, dict]:
+    """The per-step DDPO surrogate (to minimise), averaged over the batch, and its diagnostics.
+
+    Args:
+        log_prob: (B,) log π_θ(a | s), differentiable.
+        old_log_prob: (B,) log π_old(a | s) recorded when sampling.
+        advantages: (B,).
+    """
+    if estimator == "sf":
+        ratio = torch.exp(log_prob - log_prob.detach())  # 1 in value, ∇ log π in gradient
+        loss = -(advantages * ratio).mean()
+    else:
+        ratio = torch.exp(log_prob - old_log_prob)
+        unclipped = -advantages * ratio
+        clipped = -advantages * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)
+        loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        true_ratio = torch.exp(log_prob - old_log_prob)
+        info = {
+            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean().item(),
+            "clipfrac": ((true_ratio - 1).abs() > clip_range).float().mean().item(),
+        }
+    return loss, info
+
+
+class DDPO:
+    """DDPO-SF or DDPO-IS on a `DiffusionPolicy` (LoRA or full fine-tuning must be enabled).
+
+    `update(trajectories)` does one epoch of optimisation on a batch collected with
+    `agents.buffer.collect` by the same policy.
+    """
+
+    def __init__(self, policy: DiffusionPolicy, config: DDPOConfig, generator: torch.Generator | None = None):
+        self.policy, self.config = policy, config
+        self.parameters = policy.trainable_parameters()
+        if not self.parameters:
+            raise ValueError("The policy has nothing to train: call policy.enable_lora(rank) or policy.enable_full_finetuning() first.")
+        if config.mixed_precision == "fp16" and policy.device.type != "cuda":
+            raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU.")
+        self.optimizer = torch.optim.AdamW(
+            self.parameters, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
+        )
+        self.normalizer = PerPromptNormalizer(config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max)
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
+
+    def advantages(self, batch: Trajectories) -> torch.Tensor:
+        """Per-prompt normalised, clipped advantages (B,), with every process's rewards in the statistics."""
+        all_prompts, all_rewards, mine = gather_prompts_and_rewards(batch.prompts, batch.rewards)
+        advantages = self.normalizer(all_prompts, all_rewards.cpu().numpy())[mine]
+        return torch.as_tensor(advantages, dtype=torch.float32, device=batch.samples.device)
+
+    def update(self, batch: Trajectories) -> dict[str, float]:
+        """One epoch of DDPO on `batch`; returns mean diagnostics (loss, approx_kl, clipfrac, kl, grad_norm)."""
+        config, policy = self.config, self.policy
+        advantages = self.advantages(batch)
+        num_samples, num_steps = len(batch), batch.num_steps
+        steps_trained = max(1, round(num_steps * config.timestep_fraction))
+        minibatches_per_epoch = -(-num_samples // config.train_batch_size)
+        accumulate = minibatches_per_epoch if config.estimator == "sf" else config.gradient_accumulation_steps
+        inner_epochs = 1 if config.estimator == "sf" else config.num_inner_epochs
+        autocast = (
+            torch.autocast(policy.device.type, dtype=torch.bfloat16 if config.mixed_precision == "bf16" else torch.float16)
+            if config.mixed_precision != "no"
+            else nullcontext()
+        )
+        stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl": [], "grad_norm": []}
+
+        for _ in range(inner_epochs):
+            order = torch.randperm(num_samples, generator=self.generator)
+            # each sample trains on its own random subset of steps, in random order
+            step_order = torch.stack([torch.randperm(num_steps, generator=self.generator) for _ in range(num_samples)])[:, :steps_trained]
+            for m in range(minibatches_per_epoch):
+                index = order[m * config.train_batch_size : (m + 1) * config.train_batch_size]
+                for j in range(steps_trained):
+                    steps = step_order[index, j]
+                    obs, action = batch.observation(index, steps), batch.action(index, steps)
+                    with autocast:
+                        out = policy(obs, action=action)
+                    loss, info = ddpo_loss(out.log_prob, batch.log_probs[index, steps], advantages[index], config.estimator, config.clip_range)
+                    if config.kl_coef > 0:
+                        with torch.no_grad(), policy.reference(), autocast:
+                            reference_mean = policy(obs, action=action).mean
+                        kl = gaussian_kl(out.mean, reference_mean, out.std, reduce=policy.reduce).mean()
+                        loss = loss + config.kl_coef * kl
+                        stats["kl"].append(kl.item())
+                    stats["loss"].append(loss.item())
+                    stats["approx_kl"].append(info["approx_kl"])
+                    stats["clipfrac"].append(info["clipfrac"])
+                    scaled = loss * len(index) / (steps_trained * config.train_batch_size * accumulate)
+                    (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+                if (m + 1) % accumulate == 0 or m == minibatches_per_epoch - 1:
+                    stats["grad_norm"].append(self._step())
+        return {key: float(np.mean(values)) for key, values in stats.items() if values}
+
+    def _step(self) -> float:
+        """Average gradients over processes, clip, step, zero; returns the pre-clip gradient norm."""
+        average_gradients(self.parameters)
+        if self.scaler:
+            self.scaler.unscale_(self.optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)
+        if self.scaler:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "normalizer": self.normalizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.normalizer.load_state_dict(state["normalizer"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,113 @@
+"""Reward-weighted regression (Lee et al. 2023, as the DDPO paper runs it), iterated.
+
+Each iteration samples a large batch, weights each final sample by its reward, and fine-tunes
+with the ordinary denoising loss weighted per sample:
+
+    L = E_i[ w_i · ‖target − model(√ᾱ_t x_0,i + √(1−ᾱ_t) ε, c_i, t)‖² ]
+
+- "exp" weights: w_i ∝ exp(β r_i), normalised to mean 1 over the batch (β = 0.2 in the paper);
+- "sparse" weights: w_i = 1[r_i ≥ C], C the `percentile`-th percentile of the batch's rewards
+  (filtered fine-tuning; the paper keeps the top 10%).
+Minibatches are drawn uniformly from the samples with w_i > 0. RWR ignores the sequential
+structure of denoising (it optimises an ELBO of x_0), which is the paper's explanation for DDPO
+beating it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+
+from agents.buffer import Trajectories
+from agents.distributed import average_gradients, gather_prompts_and_rewards
+from diffusion_gym.policy import DiffusionPolicy
+
+
+@dataclass
+class RWRConfig:
+    """RWR hyperparameters (defaults: the paper's)."""
+
+    weighting: Literal["exp", "sparse"] = "exp"
+    """"exp": w ∝ exp(beta · r); "sparse": w = 1[r >= percentile]."""
+    beta: float = 0.2
+    """Inverse temperature of the exponential weights."""
+    percentile: float = 90.0
+    """Reward percentile a sample must reach to be kept by sparse weights."""
+    learning_rate: float = 3e-4
+    """AdamW learning rate."""
+    adam_weight_decay: float = 1e-4
+    """AdamW weight decay."""
+    train_batch_size: int = 128
+    """Samples per gradient step."""
+    num_updates: int = 400
+    """Gradient steps per iteration (per batch of samples)."""
+    max_grad_norm: float = 1.0
+    """Gradient norm clip."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.weighting in ("exp", "sparse"), f"weighting must be 'exp' or 'sparse', got {self.weighting!r}"),
+            (self.beta > 0, f"beta must be > 0, got {self.beta}"),
+            (0 <= self.percentile < 100, f"percentile must be in [0, 100), got {self.percentile}"),
+            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (self.train_batch_size >= 1 and self.num_updates >= 1, "train_batch_size and num_updates must be >= 1"),
+            (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def rwr_weights(rewards: np.ndarray, config: RWRConfig) -> np.ndarray:
+    """Per-sample weights (N,) from rewards (N,), as the module docstring defines them."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if config.weighting == "exp":
+        logits = config.beta * rewards
+        weights = np.exp(logits - logits.max())  # the max cancels in the normalisation
+        return weights / weights.mean()
+    return (rewards >= np.percentile(rewards, config.percentile)).astype(np.float64)
+
+
+class RWR:
+    """Reward-weighted regression on a `DiffusionPolicy` (LoRA or full fine-tuning enabled)."""
+
+    def __init__(self, policy: DiffusionPolicy, config: RWRConfig, generator: torch.Generator | None = None):
+        self.policy, self.config = policy, config
+        self.parameters = policy.trainable_parameters()
+        if not self.parameters:
+            raise ValueError("The policy has nothing to train: call policy.enable_lora(rank) or policy.enable_full_finetuning() first.")
+        self.optimizer = torch.optim.AdamW(self.parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+        self.generator = generator or torch.Generator().manual_seed(0)
+
+    def update(self, batch: Trajectories) -> dict[str, float]:
+        """One iteration of weighted fine-tuning on `batch`; returns mean loss and diagnostics."""
+        all_prompts, all_rewards, mine = gather_prompts_and_rewards(batch.prompts, batch.rewards)
+        weights = torch.as_tensor(rwr_weights(all_rewards.cpu().numpy(), self.config)[mine], dtype=torch.float32)
+        candidates = torch.nonzero(weights > 0).flatten()
+        if len(candidates) == 0:  # this process holds none of the kept samples: contribute zero gradients
+            candidates = torch.arange(len(batch))
+            weights = torch.zeros(len(batch))
+        x0 = batch.samples[:, -1]
+        losses, grad_norms = [], []
+        for _ in range(self.config.num_updates):
+            pick = torch.randint(len(candidates), (min(self.config.train_batch_size, len(candidates)),), generator=self.generator)
+            index = candidates[pick]
+            per_sample = self.policy.denoising_loss(x0[index], [batch.prompts[i] for i in index.tolist()], generator=self.generator)
+            loss = (weights[index].to(per_sample.device) * per_sample).mean()
+            loss.backward()
+            average_gradients(self.parameters)
+            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.parameters, self.config.max_grad_norm)))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+        return {"loss": float(np.mean(losses)), "grad_norm": float(np.mean(grad_norms)), "kept_fraction": float((weights > 0).float().mean())}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,85 @@
+"""The agents' numbers: surrogate losses, clipping, RWR weights, per-prompt normalisation."""
+
+import numpy as np
+import pytest
+import torch
+
+from agents.ddpo import DDPOConfig, ddpo_loss
+from agents.normalizer import PerPromptNormalizer
+from agents.rwr import RWRConfig, rwr_weights
+
+
+def test_is_loss_equals_sf_loss_and_gradient_at_ratio_one():
+    advantages = torch.tensor([1.5, -0.5, 2.0, -3.0])
+    theta_sf = torch.tensor([0.3, -1.0, 0.7, 0.1], requires_grad=True)
+    theta_is = theta_sf.detach().clone().requires_grad_(True)
+    log_prob = lambda theta: -(theta**2) * torch.tensor([1.0, 2.0, 0.5, 3.0])  # noqa: E731  any differentiable log-prob
+    old = log_prob(theta_sf).detach()  # ratio = 1: the policy has not moved since sampling
+    sf, _ = ddpo_loss(log_prob(theta_sf), old, advantages, "sf", clip_range=1e-4)
+    is_, _ = ddpo_loss(log_prob(theta_is), old, advantages, "is", clip_range=1e-4)
+    sf.backward()
+    is_.backward()
+    torch.testing.assert_close(sf, is_)
+    torch.testing.assert_close(sf, -advantages.mean())
+    torch.testing.assert_close(theta_sf.grad, theta_is.grad)
+    # and the gradient is REINFORCE's: −A ∇log π / B
+    theta = theta_sf.detach().clone().requires_grad_(True)
+    (-(advantages * log_prob(theta)).mean()).backward()
+    torch.testing.assert_close(theta_sf.grad, theta.grad)
+
+
+@pytest.mark.parametrize(
+    "advantage, log_ratio, gradient_flows",
+    [
+        (1.0, 0.5, False),  # A > 0, ρ above 1 + ε: clipped, no gradient
+        (1.0, -0.5, True),  # A > 0, ρ below 1 − ε: the unclipped term is the max, gradient flows
+        (-1.0, -0.5, False),  # A < 0, ρ below 1 − ε: clipped
+        (-1.0, 0.5, True),
+        (1.0, 0.05, True),  # inside the range
+    ],
+)
+def test_clipping_stops_the_gradient_beyond_the_clip_range(advantage, log_ratio, gradient_flows):
+    log_prob = torch.tensor([log_ratio], requires_grad=True)
+    loss, info = ddpo_loss(log_prob, torch.zeros(1), torch.tensor([advantage]), "is", clip_range=0.2)
+    loss.backward()
+    assert (log_prob.grad.abs().item() > 0) == gradient_flows
+    assert info["clipfrac"] == float(abs(np.exp(log_ratio) - 1) > 0.2)
+
+
+def test_rwr_weights_equal_the_formulas():
+    rewards = np.array([1.0, 2.0, 3.0, -1.0, 0.0, 10.0, 4.0, 5.0, 6.0, 7.0])
+    exp = rwr_weights(rewards, RWRConfig(weighting="exp", beta=0.2))
+    by_hand = np.exp(0.2 * rewards) / np.exp(0.2 * rewards).sum() * len(rewards)
+    np.testing.assert_allclose(exp, by_hand, rtol=1e-12)
+    sparse = rwr_weights(rewards, RWRConfig(weighting="sparse", percentile=90))
+    threshold = np.percentile(rewards, 90)  # 7.3: only 10.0 is kept
+    np.testing.assert_array_equal(sparse, (rewards >= threshold).astype(float))
+    assert sparse.sum() == 1 and sparse[5] == 1
+    # huge rewards do not overflow the exponential weights
+    assert np.isfinite(rwr_weights(rewards * 1e4, RWRConfig(weighting="exp"))).all()
+
+
+def test_per_prompt_normalizer_matches_a_hand_computation():
+    normalizer = PerPromptNormalizer(buffer_size=3, min_count=2, clip=5.0, eps=0.0)
+    # batch 1: "a" has 2 rewards (its own stats), "b" has 1 (batch stats)
+    adv = normalizer(["a", "a", "b"], np.array([1.0, 3.0, 8.0]))
+    batch_mean, batch_std = np.mean([1, 3, 8]), np.std([1, 3, 8])
+    np.testing.assert_allclose(adv, [(1 - 2) / 1, (3 - 2) / 1, (8 - batch_mean) / batch_std])
+    # batch 2: "a"'s buffer keeps the last 3 of [1, 3, 5], "b" now has [8, 4]
+    adv = normalizer(["a", "b"], np.array([5.0, 4.0]))
+    np.testing.assert_allclose(adv, [(5 - 3) / np.std([1, 3, 5]), (4 - 6) / 2])
+    normalizer(["a"], np.array([100.0]))  # buffer [3, 5, 100]: the oldest reward has gone
+    assert list(normalizer.buffers["a"]) == [3.0, 5.0, 100.0]
+    clipped = PerPromptNormalizer(buffer_size=4, min_count=4, clip=1.0)(["x"] * 4, np.array([0.0, 0.0, 0.0, 10.0]))
+    assert clipped.max() == 1.0
+
+
+def test_bad_configs_fail_at_start_with_a_reason():
+    with pytest.raises(ValueError, match="estimator"):
+        DDPOConfig(estimator="ppo")
+    with pytest.raises(ValueError, match="learning_rate"):
+        DDPOConfig(learning_rate=-1e-4)
+    with pytest.raises(ValueError, match="weighting"):
+        RWRConfig(weighting="linear")
+    with pytest.raises(ValueError, match="min_count"):
+        PerPromptNormalizer(buffer_size=4, min_count=8)
