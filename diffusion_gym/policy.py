@@ -88,10 +88,14 @@ class DiffusionPolicy(nn.Module):
             return "full"
         return None
 
-    def enable_lora(self, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS) -> None:
+    def enable_lora(
+        self, rank: int = 4, alpha: float | None = None, target_modules: Sequence[str] = DEFAULT_LORA_TARGETS, seed: int = 0
+    ) -> None:
         """Freeze the UNet and add LoRA adapters (peft) of the given rank to its attention layers.
 
-        The adapters start at zero (B = 0), so the policy is unchanged until it is trained.
+        The adapters start at zero (B = 0), so the policy is unchanged until it is trained; A is
+        drawn from `seed` alone (not the global RNG), so every process of a multi-process run,
+        and every rerun, starts from the same adapters.
         """
         from peft import LoraConfig
 
@@ -101,7 +105,9 @@ class DiffusionPolicy(nn.Module):
             raise ValueError(f"LoRA rank must be a positive int, got {rank!r}")
         self.unet.requires_grad_(False)
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(target_modules))
-        self.unet.add_adapter(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.unet.add_adapter(config)
 
     def enable_full_finetuning(self, keep_reference: bool = False) -> None:
         """Make every UNet parameter trainable (the text encoder stays frozen).

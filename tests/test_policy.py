@@ -171,3 +171,16 @@ def test_denoising_loss_matches_a_hand_computation(tiny_model):
     x_t = alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise
     eps = policy.unet(x_t, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])).sample
     torch.testing.assert_close(loss, ((eps - noise) ** 2).mean(dim=(1, 2, 3)))
+
+
+def test_lora_adapters_depend_only_on_the_seed():
+    from diffusion_gym.models import build_tiny_random, load_model
+
+    def adapters(seed):
+        policy = make_policy(load_model(build_tiny_random(), device="cpu"))
+        torch.manual_seed(seed + 100)  # the global RNG must not matter
+        policy.enable_lora(rank=2, seed=seed)
+        return torch.cat([p.detach().flatten() for p in policy.trainable_parameters()])
+
+    assert torch.equal(adapters(0), adapters(0))
+    assert not torch.equal(adapters(0), adapters(1))
