@@ -1,0 +1,291 @@
+"""`diffusion-gym-train`: fine-tune a diffusion policy with DDPO or RWR through the environment.
+
+    diffusion-gym-train embedded-ddpo-is                       # CPU preset on the embedded model
+    diffusion-gym-train embedded-ddpo-is --epochs 5 --output-dir runs/try
+    diffusion-gym-train paper-ddpo-is                          # Stable Diffusion v1.4, GPUs
+    accelerate launch --num_processes 8 -m agents.train paper-ddpo-is
+
+Each run folder gets: config.json (the resolved config), metrics.jsonl (one line per epoch),
+TensorBoard events (scalars and sample grids), checkpoint.pt (atomic, every `save_every`
+epochs; the same command resumes from it after a crash), and the final weights (final/:
+the LoRA adapter or the full UNet). With several processes each samples its own prompts and
+noise, rewards are gathered for the advantages, gradients are averaged, and only the main
+process writes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import diffusion_gym  # noqa: F401  (registers the ids)
+from agents.buffer import collect
+from agents.ddpo import DDPO, DDPOConfig
+from agents.distributed import is_distributed, rank, world_size
+from agents.rwr import RWR, RWRConfig
+from diffusion_gym.policy import DiffusionPolicy
+
+ALGORITHMS = ("ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse")
+CHECKPOINT = "checkpoint.pt"
+
+
+@dataclass
+class TrainConfig:
+    """A training run: environment, policy, algorithm, budget, output."""
+
+    algorithm: Literal["ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse"] = "ddpo-is"
+    """The algorithm (the DDPO estimator and RWR weighting follow from the name)."""
+    env_id: str = "DiffusionCompressibility-v0"
+    """Registered environment id: the task."""
+    model: str = "embedded"
+    """Hub id, local pipeline folder, "embedded" or "tiny-random"."""
+    reward: str | None = None
+    """Registered reward name; None: the task's own."""
+    prompts: str | None = None
+    """Prompt set name; None: the model's own, else the task's."""
+    num_inference_steps: int | None = None
+    """Sampler steps; None: the model's default, else the paper's 50."""
+    guidance_scale: float | None = None
+    """Classifier-free guidance (sampling and training); None: the model's default, else 5."""
+    num_envs: int = 16
+    """Episodes sampled in parallel per process (the sampling batch)."""
+    batches_per_epoch: int = 4
+    """Sampling batches per epoch per process: an epoch collects num_envs × this × processes samples."""
+    epochs: int = 10
+    """Epochs to run (each: sample, then update)."""
+    max_reward_queries: int | None = None
+    """Stop once this many rewards were computed (all processes together); None: no limit."""
+    finetuning: Literal["lora", "full"] = "lora"
+    """LoRA adapters or every UNet parameter."""
+    lora_rank: int = 4
+    """Rank of the LoRA adapters."""
+    log_prob_reduce: Literal["sum", "mean"] = "mean"
+    """Log-probs per step: "sum" over dimensions (exact) or "mean" (ddpo-pytorch; pairs with a tiny clip range)."""
+    ddpo: DDPOConfig = field(default_factory=DDPOConfig)
+    """DDPO settings (ddpo-sf, ddpo-is); the estimator is set from `algorithm`."""
+    rwr: RWRConfig = field(default_factory=RWRConfig)
+    """RWR settings (rwr-exp, rwr-sparse); the weighting is set from `algorithm`."""
+    seed: int = 0
+    """Seeds the env, the policy's noise and the agent; process r uses seed + 1000 r."""
+    device: str = "auto"
+    """"auto", "cpu" or "cuda" (with several processes, each its own GPU)."""
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """dtype of the frozen networks."""
+    output_dir: Path = Path("runs/train")
+    """The run folder: config, metrics, TensorBoard, checkpoint, final weights."""
+    save_every: int = 1
+    """Epochs between checkpoints."""
+    images_every: int = 5
+    """Epochs between sample grids in TensorBoard (0: never)."""
+    tensorboard: bool = True
+    """Write TensorBoard events."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.")
+        for name in ("num_envs", "batches_per_epoch", "epochs", "lora_rank", "save_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if self.max_reward_queries is not None and self.max_reward_queries < 1:
+            raise ValueError(f"max_reward_queries must be >= 1 or None, got {self.max_reward_queries}.")
+        samples = self.num_envs * self.batches_per_epoch
+        if self.algorithm.startswith("ddpo"):
+            self.ddpo = dataclasses.replace(self.ddpo, estimator=self.algorithm.split("-")[1])
+            per_step = self.ddpo.train_batch_size * self.ddpo.gradient_accumulation_steps
+            if samples % per_step:
+                raise ValueError(
+                    f"The samples of an epoch (num_envs × batches_per_epoch = {samples}) must be divisible by "
+                    f"ddpo.train_batch_size × ddpo.gradient_accumulation_steps = {per_step}, so every optimizer step sees as many samples."
+                )
+        else:
+            self.rwr = dataclasses.replace(self.rwr, weighting=self.algorithm.split("-")[1])
+
+
+# ---------------------------------------------------------------- presets
+def embedded_preset(algorithm: str) -> TrainConfig:
+    """The embedded model on 2 CPU cores: 10 steps, guidance 3, LoRA, 64 samples an epoch."""
+    return TrainConfig(
+        algorithm=algorithm,
+        model="embedded",
+        num_inference_steps=10,
+        num_envs=16,
+        batches_per_epoch=4,
+        epochs=40,
+        lora_rank=8,
+        ddpo=DDPOConfig(learning_rate=1e-3, train_batch_size=16, num_inner_epochs=1, clip_range=1e-4),
+        rwr=RWRConfig(learning_rate=1e-3, train_batch_size=32, num_updates=20),
+        output_dir=Path(f"runs/embedded-{algorithm}"),
+    )
+
+
+def paper_preset(algorithm: str) -> TrainConfig:
+    """The paper's setting on GPUs: Stable Diffusion v1.4, 50 steps, guidance 5, LoRA as in
+    ddpo-pytorch (lr 3e-4), 256 samples an epoch with 8 processes × 32; DDPO-IS: 4 updates of 64;
+    RWR: 10k samples an iteration, batch 128, 400 updates."""
+    is_rwr = algorithm.startswith("rwr")
+    return TrainConfig(
+        algorithm=algorithm,
+        model="CompVis/stable-diffusion-v1-4",
+        num_envs=8,
+        batches_per_epoch=157 if is_rwr else 4,  # RWR: 8 processes × 8 × 157 ≈ 10k samples an iteration
+        epochs=100,
+        device="cuda",
+        dtype="float16",
+        ddpo=DDPOConfig(learning_rate=3e-4, train_batch_size=8, gradient_accumulation_steps=1, clip_range=1e-4, mixed_precision="fp16"),
+        rwr=RWRConfig(learning_rate=3e-4, train_batch_size=128 // 8, num_updates=400),
+        output_dir=Path(f"runs/paper-{algorithm}"),
+    )
+
+
+PRESETS: dict[str, tuple[str, TrainConfig]] = {
+    **{f"embedded-{a}": (f"{a} on the embedded model, 2 CPU cores", embedded_preset(a)) for a in ALGORITHMS},
+    **{f"paper-{a}": (f"{a} with the paper's settings on Stable Diffusion v1.4, GPUs", paper_preset(a)) for a in ALGORITHMS},
+}
+
+
+# ---------------------------------------------------------------- the run
+def _trainable_state(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
+    return {name: p.detach().cpu().clone() for name, p in policy.unet.named_parameters() if p.requires_grad}
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
+
+
+def train(config: TrainConfig) -> list[dict]:
+    """Run (or resume) a training run; returns the metrics of every epoch."""
+    main_process = rank() == 0
+    out = config.output_dir
+    if main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+
+    device = config.device
+    if device == "cuda" and is_distributed():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank()))}"  # one GPU per process
+    env_kwargs = {k: v for k, v in (("reward", config.reward), ("prompts", config.prompts), ("num_inference_steps", config.num_inference_steps), ("guidance_scale", config.guidance_scale)) if v is not None}
+    envs = gym.make_vec(config.env_id, num_envs=config.num_envs, model=config.model, device=device, dtype=config.dtype, array_type="torch", **env_kwargs)
+    policy = DiffusionPolicy.from_env(envs, reduce=config.log_prob_reduce)
+    if config.finetuning == "lora":
+        policy.enable_lora(rank=config.lora_rank, seed=config.seed)  # the same adapters on every process
+    else:
+        policy.enable_full_finetuning(keep_reference=config.ddpo.kl_coef > 0)
+    process_seed = config.seed + 1000 * rank()
+    agent_generator = torch.Generator().manual_seed(process_seed)
+    agent = DDPO(policy, config.ddpo, agent_generator) if config.algorithm.startswith("ddpo") else RWR(policy, config.rwr, agent_generator)
+    sampling_generator = torch.Generator(policy.device).manual_seed(process_seed)
+    envs.reset(seed=process_seed)
+
+    start_epoch, queries, history, seconds_before = 0, 0, [], 0.0
+    checkpoint_path = out / CHECKPOINT
+    if checkpoint_path.is_file():
+        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
+        with torch.no_grad():
+            for name, p in policy.unet.named_parameters():
+                if name in state["trainable"]:
+                    p.copy_(state["trainable"][name])
+        agent.load_state_dict(state["agent"])
+        envs.unwrapped.np_random.bit_generator.state = state["env_rng"][rank()]
+        sampling_generator.set_state(state["sampling_rng"][rank()])
+        start_epoch, queries, history, seconds_before = state["epoch"], state["queries"], state["history"], state["seconds"]
+        if main_process:  # epochs after the checkpoint are run again: their lines go
+            (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in history))
+            print(f"resuming {out} at epoch {start_epoch} ({queries} reward queries so far)")
+
+    writer = None
+    if config.tensorboard and main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(out / "tensorboard")
+    start = time.perf_counter() - seconds_before
+    bar = tqdm(range(start_epoch, config.epochs), desc=config.algorithm, unit="epoch", disable=not (config.progress and main_process), initial=start_epoch, total=config.epochs)
+    for epoch in bar:
+        batch = collect(envs, policy, config.batches_per_epoch, generator=sampling_generator)
+        queries += len(batch) * world_size()
+        rewards = _gather(batch.rewards)
+        metrics = agent.update(batch)
+        record = {"epoch": epoch, "reward_queries": queries, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **metrics, "seconds": time.perf_counter() - start}
+        history.append(record)
+        if main_process:
+            with (out / "metrics.jsonl").open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            if writer:
+                for key, value in record.items():
+                    if key not in ("epoch", "reward_queries"):
+                        writer.add_scalar(key, value, queries)
+                if config.images_every and epoch % config.images_every == 0:
+                    writer.add_images("samples", torch.from_numpy(batch.images[:16]).permute(0, 3, 1, 2), queries)
+            bar.set_postfix(reward=f"{record['reward_mean']:.4f}", queries=queries)
+        done = config.max_reward_queries is not None and queries >= config.max_reward_queries
+        if (epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs or done:
+            _checkpoint(checkpoint_path, policy, agent, envs, sampling_generator, epoch + 1, queries, history, time.perf_counter() - start)
+        if done:
+            break
+
+    if main_process:
+        final = out / "final"
+        if config.finetuning == "lora":
+            policy.unet.save_lora_adapter(final)
+        else:
+            policy.unet.save_pretrained(final)
+        if writer:
+            writer.close()
+        if history:
+            last = history[-1]
+            print(f"{config.algorithm}: reward {history[0]['reward_mean']:.4f} -> {last['reward_mean']:.4f} after {last['reward_queries']} reward queries, {last['seconds']:.0f} s")
+    envs.close()
+    return history
+
+
+def _gather(values: torch.Tensor) -> np.ndarray:
+    """Every process's values, for metrics."""
+    if not is_distributed():
+        return values.cpu().numpy()
+    parts = [torch.empty_like(values) for _ in range(world_size())]
+    torch.distributed.all_gather(parts, values.contiguous())
+    return torch.cat(parts).cpu().numpy()
+
+
+def _checkpoint(path, policy, agent, envs, sampling_generator, epoch, queries, history, seconds) -> None:
+    """Every process contributes its RNG states; the main process writes."""
+    env_rng, sampling_rng = envs.unwrapped.np_random.bit_generator.state, sampling_generator.get_state()
+    if is_distributed():
+        env_states, sampling_states = [None] * world_size(), [None] * world_size()
+        torch.distributed.all_gather_object(env_states, env_rng)
+        torch.distributed.all_gather_object(sampling_states, sampling_rng)
+    else:
+        env_states, sampling_states = [env_rng], [sampling_rng]
+    if rank() == 0:
+        state = {
+            "trainable": _trainable_state(policy), "agent": agent.state_dict(),
+            "env_rng": env_states, "sampling_rng": sampling_states,
+            "epoch": epoch, "queries": queries, "history": history, "seconds": seconds,
+        }  # fmt: skip
+        _save_checkpoint(path, state)
+
+
+def main() -> None:
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # launched by accelerate or torchrun
+        from accelerate import PartialState
+
+        PartialState()  # sets up the process group (gloo on CPUs, NCCL on GPUs)
+    train(tyro.extras.overridable_config_cli(PRESETS, prog="diffusion-gym-train"))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Time one DDPO epoch (collect through the env + update) against the same UNet work run in
+isolation: the sampling forward passes, and the training forward/backward passes, on tensors of
+the same shapes with nothing around them. Prints the ratio epoch / isolated (target <= 1.15).
+
+    python -m benchmarks.ddpo_epoch_overhead                    # the embedded model on the CPU
+    python -m benchmarks.ddpo_epoch_overhead --model tiny-random --num-inference-steps 20
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import gymnasium as gym
+import torch
+import tyro
+
+import diffusion_gym  # noqa: F401  (registers the ids)
+from agents.buffer import collect
+from agents.ddpo import DDPO, DDPOConfig
+from diffusion_gym.policy import DiffusionPolicy
+
+
+@dataclass
+class EpochOverheadConfig:
+    """DDPO epoch vs isolated UNet passes."""
+
+    model: str = "embedded"
+    """Model to time."""
+    num_envs: int = 16
+    """Sampling batch."""
+    batches_per_epoch: int = 2
+    """Sampling batches per epoch."""
+    num_inference_steps: int = 10
+    """Sampler steps."""
+    guidance_scale: float = 3.0
+    """Classifier-free guidance (2 UNet passes a step in sampling and training)."""
+    train_batch_size: int = 16
+    """DDPO minibatch."""
+    estimator: str = "is"
+    """DDPO estimator."""
+    repeats: int = 3
+    """Timed rounds (after one warm-up); medians are reported."""
+
+
+def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tuple[float, float]:
+    """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training), alone."""
+    unet, steps = policy.unet, config.num_inference_steps
+    cfg = 2 if config.guidance_scale != 1.0 else 1
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    embeds = policy.encode_prompts(["a large red circle on a flat background"] * (config.num_envs * cfg))
+    t = torch.full((config.num_envs * cfg,), 500, device=policy.device)
+    x = torch.randn(config.num_envs * cfg, channels, size, size, device=policy.device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(config.batches_per_epoch * steps):
+            unet(x, t, encoder_hidden_states=embeds)
+    sampling = time.perf_counter() - start
+
+    n = config.train_batch_size * cfg
+    minibatches = config.num_envs * config.batches_per_epoch // config.train_batch_size
+    start = time.perf_counter()
+    for _ in range(minibatches * steps):
+        unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample.mean().backward()
+    training = time.perf_counter() - start
+    for p in policy.trainable_parameters():
+        p.grad = None
+    return sampling, training
+
+
+def main(config: EpochOverheadConfig) -> dict:
+    envs = gym.make_vec(
+        "DiffusionCompressibility-v0", num_envs=config.num_envs, model=config.model, num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale, device="cpu", array_type="torch",
+    )  # fmt: skip
+    policy = DiffusionPolicy.from_env(envs, reduce="mean")
+    policy.enable_lora(rank=8)
+    agent = DDPO(policy, DDPOConfig(estimator=config.estimator, train_batch_size=config.train_batch_size))
+    envs.reset(seed=0)
+    epochs, isolated = [], []
+    for i in range(config.repeats + 1):
+        start = time.perf_counter()
+        agent.update(collect(envs, policy, config.batches_per_epoch))
+        epoch = time.perf_counter() - start
+        sampling, training = isolated_passes(policy, config)
+        if i > 0:  # the first round warms up
+            epochs.append(epoch)
+            isolated.append(sampling + training)
+    epoch_s, isolated_s = statistics.median(epochs), statistics.median(isolated)
+    result = {"config": asdict(config), "epoch_seconds": epoch_s, "isolated_seconds": isolated_s, "ratio": epoch_s / isolated_s}
+    print(json.dumps(result, indent=2))
+    print(f"DDPO epoch {epoch_s:.2f} s, the same UNet passes alone {isolated_s:.2f} s, ratio {epoch_s / isolated_s:.3f}")
+    return result
+
+
+if __name__ == "__main__":
+    main(tyro.cli(EpochOverheadConfig))

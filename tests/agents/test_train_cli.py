@@ -1,0 +1,87 @@
+"""diffusion-gym-train: a smoke test on its printed numbers, bad configs, and SIGKILL + resume."""
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agents.ddpo import DDPOConfig
+from agents.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+TINY = ["--model", "tiny-random-pixel", "--num-inference-steps", "2", "--num-envs", "4", "--batches-per-epoch", "1",
+        "--ddpo.train-batch-size", "4", "--ddpo.clip-range", "0.2", "--log-prob-reduce", "sum", "--no-tensorboard", "--no-progress",
+        "--reward", "jpeg_incompressibility", "--prompts", "toy_world"]  # fmt: skip
+
+
+def cli(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "agents.train", *args], cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def metrics(folder):
+    lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "seconds"} for line in lines]
+
+
+def test_cli_prints_the_reward_it_logged(tmp_path):
+    out, err = cli("embedded-ddpo-is", *TINY, "--epochs", "2", "--output-dir", str(tmp_path)).communicate(timeout=300)
+    assert err.count("Traceback") == 0, err[-2000:]
+    first, last, queries = re.search(r"ddpo-is: reward (-?\d+\.\d+) -> (-?\d+\.\d+) after (\d+) reward queries", out).groups()
+    logged = metrics(tmp_path)
+    assert int(queries) == 8 == logged[-1]["reward_queries"]
+    assert float(first) == round(logged[0]["reward_mean"], 4) and float(last) == round(logged[-1]["reward_mean"], 4)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["algorithm"] == "ddpo-is" and config["ddpo"]["estimator"] == "is"
+    assert (tmp_path / "final").is_dir()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"algorithm": "ppo"}, "Unknown algorithm"),
+        ({"ddpo": DDPOConfig(train_batch_size=5)}, "divisible"),
+        ({"epochs": 0}, "epochs must be >= 1"),
+    ],
+)
+def test_bad_configs_fail_at_start(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+    with pytest.raises(ValueError, match="learning_rate"):
+        DDPOConfig(learning_rate=-1.0)
+
+
+def test_cli_rejects_a_negative_learning_rate_before_any_work(tmp_path):
+    start = time.perf_counter()
+    out, err = cli("embedded-ddpo-is", *TINY, "--ddpo.learning-rate", "-0.001", "--output-dir", str(tmp_path)).communicate(timeout=120)
+    assert "learning_rate must be > 0" in err
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+    args = ["embedded-ddpo-sf", *TINY, "--epochs", "6"]
+    whole = tmp_path / "whole"
+    cli(*args, "--output-dir", str(whole)).communicate(timeout=300)
+    reference = metrics(whole)
+    assert len(reference) == 6
+
+    killed = tmp_path / "killed"
+    process = cli(*args, "--output-dir", str(killed))
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert len(metrics(killed)) < 6
+    out, err = cli(*args, "--output-dir", str(killed)).communicate(timeout=300)
+    assert "resuming" in out, err[-2000:]
+    assert metrics(killed) == reference
