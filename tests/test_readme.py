@@ -12,6 +12,6 @@ def test_readme_examples_run_in_order():
     namespace: dict = {}
     for index, block in enumerate(blocks):  # they build on each other as a reader runs them
         exec(compile(block, f"README.md python block {index}", "exec"), namespace)
-    assert namespace["images"].shape == (8, 16, 16, 3)
+    assert namespace["images"].shape == (8, 32, 32, 3)
     grads = [p.grad for p in namespace["policy"].trainable_parameters()]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)  # the LoRA adapters got gradients

@@ -1,0 +1,68 @@
+"""The shipped embedded model: loads offline in every id, passes check_env, and is pretrained."""
+
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from gymnasium.utils.env_checker import check_env
+
+from diffusion_gym import ENV_IDS, DiffusionPolicy, load_prompts
+from diffusion_gym.embedded import world
+from diffusion_gym.embedded.captioner import attribute_accuracy, load_captioner
+from diffusion_gym.models import load_model
+
+
+def brightness(images, prompts):
+    return images.mean(axis=(1, 2, 3)) / 255.0, {}
+
+
+def test_the_embedded_model_carries_its_own_sampling_defaults():
+    model = load_model("embedded", device="cpu")
+    assert model.vae is None and model.sample_shape == (3, 32, 32)
+    assert model.defaults["num_inference_steps"] <= 20
+    env = gym.make("DiffusionCompressibility-v0", model="embedded", device="cpu").unwrapped
+    assert env.prompts == load_prompts("toy_world") and env.num_steps == model.defaults["num_inference_steps"]
+    assert env.guidance_scale == model.defaults["guidance_scale"] and env.sampler.eta == 1.0
+
+
+def test_make_vec_runs_offline_with_the_policy_from_the_env():
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=8, model="embedded", device="cpu")
+    policy = DiffusionPolicy.from_env(envs)
+    obs, _ = envs.reset(seed=0)
+    steps = 0
+    while True:
+        action, log_prob = policy.act(obs)
+        obs, reward, terminated, _, info = envs.step(action)
+        steps += 1
+        if terminated.all():
+            break
+    assert steps == envs.unwrapped.num_steps and info["images"].shape == (8, 32, 32, 3)
+    assert np.isfinite(log_prob).all() and (reward < 0).all()
+
+
+@pytest.mark.parametrize("env_id", ENV_IDS)
+def test_check_env_passes_with_the_embedded_model(env_id):
+    kwargs = {} if "ompress" in env_id else {"reward": brightness}  # the other rewards arrive later
+    env = gym.make(env_id, model="embedded", device="cpu", num_inference_steps=2, **kwargs)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        check_env(env.unwrapped)
+    assert [str(w.message) for w in caught if "infinity" not in str(w.message)] == []
+
+
+def test_samples_show_what_their_prompts_say():
+    """A quick quality check (the full evaluation is diffusion_gym/embedded/evaluate.py): 32
+    samples of 8 training prompts, read back by the captioner."""
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=32, model="embedded", device="cpu")
+    policy = DiffusionPolicy.from_env(envs)
+    prompts = [world.TRAIN_PROMPTS[i] for i in range(0, len(world.TRAIN_PROMPTS), 26)][:8] * 4
+    obs, _ = envs.reset(seed=1, options={"prompts": prompts})
+    generator = torch.Generator().manual_seed(1)
+    while True:
+        obs, _, terminated, _, info = envs.step(policy.act(obs, generator=generator)[0])
+        if terminated.all():
+            break
+    accuracy = attribute_accuracy(load_captioner().read(info["images"]), world.labels_of([world.parse_caption(p) for p in prompts]))
+    assert min(accuracy.values()) >= 0.75, accuracy
