@@ -20,11 +20,11 @@ from pathlib import Path
 
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from transformers import CLIPTokenizer
 
 from diffusion_gym.embedded.world import ATTRIBUTES, IMAGE_SIZE
 from diffusion_gym.models.pipeline import DiffusionModel
-from diffusion_gym.models.tiny import byte_alphabet
+from diffusion_gym.models.tiny import byte_alphabet, clip_text_encoder
 
 TEXT_WIDTH = 64
 MAX_TOKENS = 16  # "a large red triangle on a striped background" is 10 tokens with <bos>/<eos>
@@ -88,19 +88,7 @@ def build_untrained(seed: int = 0) -> DiffusionModel:
     tokenizer = build_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TEXT_WIDTH,
-                intermediate_size=4 * TEXT_WIDTH,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=MAX_TOKENS,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = clip_text_encoder(tokenizer, width=TEXT_WIDTH, intermediate=4 * TEXT_WIDTH, heads=4, layers=2)
         unet = UNet2DConditionModel(
             sample_size=IMAGE_SIZE,
             in_channels=3,

@@ -44,6 +44,23 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
 
 
+def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int, heads: int, layers: int) -> CLIPTextModel:
+    """A randomly initialised `CLIPTextModel` sized for `tokenizer` (vocabulary, length, special tokens)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=width,
+            intermediate_size=intermediate,
+            num_attention_heads=heads,
+            num_hidden_layers=layers,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def build_tiny_random(seed: int = 0, pixel_space: bool = False) -> DiffusionModel:
     """Build the tiny Stable Diffusion: 4×8×8 latents decoded to 16×16 RGB images, or with
     `pixel_space=True` a UNet on 3×16×16 pixels and no VAE (like the embedded model) that
@@ -55,19 +72,7 @@ def build_tiny_random(seed: int = 0, pixel_space: bool = False) -> DiffusionMode
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=TEXT_DIM,
-                intermediate_size=37,
-                num_attention_heads=4,
-                num_hidden_layers=2,
-                max_position_embeddings=tokenizer.model_max_length,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = clip_text_encoder(tokenizer, width=TEXT_DIM, intermediate=37, heads=4, layers=2)
         unet = UNet2DConditionModel(
             sample_size=16 if pixel_space else 8,
             in_channels=3 if pixel_space else 4,

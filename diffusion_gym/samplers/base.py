@@ -32,12 +32,16 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, re
     Returns:
         (B,) float tensor, in nats (per dimension with reduce="mean").
     """
-    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI
-    dims = tuple(range(1, x.ndim))
+    return _reduce(-((x - mean) ** 2) / (2 * std**2) - torch.log(std) - LOG_SQRT_2PI, reduce)
+
+
+def _reduce(values: torch.Tensor, reduce: Reduce) -> torch.Tensor:
+    """Sum or mean over every dimension but the batch's."""
+    dims = tuple(range(1, values.ndim))
     if reduce == "sum":
-        return log_density.sum(dim=dims)
+        return values.sum(dim=dims)
     if reduce == "mean":
-        return log_density.mean(dim=dims)
+        return values.mean(dim=dims)
     raise ValueError(f"reduce must be 'sum' (exact density) or 'mean' (per dimension), got {reduce!r}")
 
 
@@ -66,10 +70,4 @@ def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, r
     Two denoising policies at the same step share σ_t (it depends on the schedule only), so the
     KL between them has this closed form. Shapes and `reduce` as in `gaussian_log_prob`.
     """
-    kl = (mean_p - mean_q) ** 2 / (2 * std**2)
-    dims = tuple(range(1, kl.ndim))
-    if reduce == "sum":
-        return kl.sum(dim=dims)
-    if reduce == "mean":
-        return kl.mean(dim=dims)
-    raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+    return _reduce((mean_p - mean_q) ** 2 / (2 * std**2), reduce)
