@@ -26,6 +26,13 @@ from diffusion_gym.samplers.base import Reduce
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def check_guidance_scale(guidance_scale: float) -> float:
+    """`guidance_scale` as a float, or a ValueError if it is not a finite number >= 0."""
+    if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+    return float(guidance_scale)
+
+
 class DiffusionPolicy(nn.Module):
     """The Gaussian denoising policy of a text-to-image diffusion model.
 
@@ -40,15 +47,13 @@ class DiffusionPolicy(nn.Module):
 
     def __init__(self, model: DiffusionModel, sampler: DDIMSampler, guidance_scale: float = 5.0, reduce: Reduce = "sum"):
         super().__init__()
-        if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
         self.unet = model.unet
         self.text_encoder = model.text_encoder.requires_grad_(False)
         self.tokenizer = model.tokenizer
         self.sampler = sampler
-        self.guidance_scale = float(guidance_scale)
+        self.guidance_scale = check_guidance_scale(guidance_scale)
         self.reduce: Reduce = reduce
         self._reference_unet: nn.Module | None = None  # a frozen copy of the start, for full fine-tuning's KL
         self._prompt_embeds: dict[str, torch.Tensor] = {}

@@ -14,7 +14,7 @@ from gymnasium.vector.utils import batch_space
 
 from diffusion_gym.envs.registration import PAPER_DEFAULTS
 from diffusion_gym.models import DiffusionModel, load_model
-from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.policy import DiffusionPolicy, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
 from diffusion_gym.rewards import RewardFn, make_reward
 from diffusion_gym.samplers import DDIMSampler
@@ -119,11 +119,8 @@ class DiffusionVectorEnv(VectorEnv):
         defaults = {**PAPER_DEFAULTS, "prompts": default_prompts, **self.model.defaults}
         self.prompts = given_prompts or load_prompts(defaults["prompts"])
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
-            raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        self.guidance_scale = check_guidance_scale(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
-        self.guidance_scale = float(guidance_scale)
         self.device = self.model.device
         self._render_policy: DiffusionPolicy | None = None
 

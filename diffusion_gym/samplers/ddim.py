@@ -45,8 +45,8 @@ class DDIMSampler:
                 f"num_inference_steps={num_inference_steps} exceeds the model's "
                 f"{self.scheduler.config.num_train_timesteps} training timesteps."
             )
-        self._alphas_cumprod = self.scheduler.alphas_cumprod.to(torch.float32)
-        self._final_alpha_cumprod = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32)
+        # (alphas_cumprod, final_alpha_cumprod) as float32, per device: moved once, not every step
+        self._schedule: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         last_std = self.std(self.timesteps[-1:])
         if not bool((last_std > 0).all()):
             raise ValueError(
@@ -70,12 +70,15 @@ class DDIMSampler:
 
     def _alphas(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """ᾱ_t and ᾱ_prev for a (B,) batch of timesteps, as (B,) float32 on the timestep's device."""
-        alphas_cumprod = self._alphas_cumprod.to(timestep.device)
+        if timestep.device not in self._schedule:
+            self._schedule[timestep.device] = (
+                self.scheduler.alphas_cumprod.to(timestep.device, torch.float32),
+                torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32, device=timestep.device),
+            )
+        alphas_cumprod, final_alpha_cumprod = self._schedule[timestep.device]
         prev = self.previous_timestep(timestep)
         alpha_prod_t = alphas_cumprod[timestep]
-        alpha_prod_prev = torch.where(
-            prev >= 0, alphas_cumprod[prev.clamp(min=0)], self._final_alpha_cumprod.to(timestep.device)
-        )
+        alpha_prod_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final_alpha_cumprod)
         return alpha_prod_t, alpha_prod_prev
 
     def std(self, timestep: torch.Tensor) -> torch.Tensor:
