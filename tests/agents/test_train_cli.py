@@ -58,7 +58,6 @@ def test_bad_configs_fail_at_start(kwargs, match):
 
 
 def test_cli_rejects_a_negative_learning_rate_before_any_work(tmp_path):
-    start = time.perf_counter()
     out, err = cli("embedded-ddpo-is", *TINY, "--ddpo.learning-rate", "-0.001", "--output-dir", str(tmp_path)).communicate(timeout=120)
     assert "learning_rate must be > 0" in err
     assert not (tmp_path / "metrics.jsonl").exists()

@@ -9,7 +9,6 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-import torch
 
 from diffusion_gym import DiffusionPolicy
 from diffusion_gym.embedded import world
