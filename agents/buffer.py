@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -68,12 +70,22 @@ class Trajectories:
 
 
 @torch.no_grad()
-def collect(envs, policy: DiffusionPolicy, num_batches: int, generator: torch.Generator | None = None) -> Trajectories:
+def collect(
+    envs, policy: DiffusionPolicy, num_batches: int, generator: torch.Generator | None = None, overlap_rewards: bool = False, samples_per_prompt: int = 1
+) -> Trajectories:
     """Run `num_batches` batches of episodes through the vector env with the policy.
 
     The env must return torch arrays (`array_type="torch"`), so nothing is copied between the
     env and the policy. Each batch starts with a seedless `reset()`: the env's own seeded RNG
     draws the prompts and the initial noise.
+
+    Args:
+        samples_per_prompt: 1: every episode draws its own prompt; k > 1: each batch holds
+            num_envs / k prompts (drawn by the env's RNG) k times each, so that every prompt's
+            reward statistics come from the same batch (with the normaliser's min_count <= k).
+        overlap_rewards: score each batch in a worker thread while the next one is sampled (the
+            rewards are the same; worth it when the reward runs a large model). Torch releases
+            the GIL in its kernels, so the two proceed together.
 
     Returns:
         num_batches × num_envs trajectories.
@@ -81,27 +93,38 @@ def collect(envs, policy: DiffusionPolicy, num_batches: int, generator: torch.Ge
     base = envs.unwrapped
     if base.array_type != "torch":
         raise ValueError("collect() needs the env made with array_type='torch' (no copies between env and policy).")
-    parts = []
-    for _ in range(num_batches):
-        obs, _ = envs.reset()
-        prompts = list(obs["prompt"])
-        timesteps, samples, log_probs = [], [obs["x_t"]], []
-        while True:
-            timesteps.append(obs["timestep"])
-            action, log_prob = policy.act(obs, generator=generator)
-            obs, reward, terminated, _, info = envs.step(action)
-            samples.append(action)
-            log_probs.append(log_prob)
-            if bool(terminated.all()):
-                break
-        parts.append(
-            Trajectories(
-                prompts=prompts,
-                timesteps=torch.stack(timesteps, dim=1),
-                samples=torch.stack(samples, dim=1),
-                log_probs=torch.stack(log_probs, dim=1),
-                rewards=reward.float(),
-                images=info["images"],
+    if samples_per_prompt < 1 or envs.num_envs % samples_per_prompt:
+        raise ValueError(f"samples_per_prompt must divide num_envs = {envs.num_envs}, got {samples_per_prompt}.")
+    parts, pending = [], []
+    with ThreadPoolExecutor(max_workers=1) if overlap_rewards else nullcontext() as pool, base.deferred_rewards() if overlap_rewards else nullcontext():
+        for _ in range(num_batches):
+            options = None
+            if samples_per_prompt > 1:
+                chosen = base.np_random.choice(len(base.prompts), size=envs.num_envs // samples_per_prompt)
+                options = {"prompts": [base.prompts[i] for i in chosen for _ in range(samples_per_prompt)]}
+            obs, _ = envs.reset(options=options)
+            prompts = list(obs["prompt"])
+            timesteps, samples, log_probs = [], [obs["x_t"]], []
+            while True:
+                timesteps.append(obs["timestep"])
+                action, log_prob = policy.act(obs, generator=generator)
+                obs, reward, terminated, _, info = envs.step(action)
+                samples.append(action)
+                log_probs.append(log_prob)
+                if bool(terminated.all()):
+                    break
+            if overlap_rewards:
+                pending.append(pool.submit(base.score, info["images"], prompts))
+            parts.append(
+                Trajectories(
+                    prompts=prompts,
+                    timesteps=torch.stack(timesteps, dim=1),
+                    samples=torch.stack(samples, dim=1),
+                    log_probs=torch.stack(log_probs, dim=1),
+                    rewards=reward.float(),
+                    images=info["images"],
+                )
             )
-        )
+        for part, future in zip(parts, pending):  # overlap: the scores, once they are done
+            part.rewards = torch.as_tensor(future.result()[0], dtype=torch.float32, device=part.rewards.device)
     return Trajectories.cat(parts)

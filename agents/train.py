@@ -66,6 +66,10 @@ class TrainConfig:
     """Epochs to run (each: sample, then update)."""
     max_reward_queries: int | None = None
     """Stop once this many rewards were computed (all processes together); None: no limit."""
+    samples_per_prompt: int = 1
+    """Episodes per prompt in each sampling batch (1: independent prompts; k: num_envs / k prompts, k times each)."""
+    overlap_rewards: bool = False
+    """Score each sampling batch in a worker thread while the next is sampled (for large reward models)."""
     finetuning: Literal["lora", "full"] = "lora"
     """LoRA adapters or every UNet parameter."""
     lora_rank: int = 4
@@ -96,11 +100,13 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.")
-        for name in ("num_envs", "batches_per_epoch", "epochs", "lora_rank", "save_every"):
+        for name in ("num_envs", "batches_per_epoch", "epochs", "lora_rank", "save_every", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.max_reward_queries is not None and self.max_reward_queries < 1:
             raise ValueError(f"max_reward_queries must be >= 1 or None, got {self.max_reward_queries}.")
+        if self.num_envs % self.samples_per_prompt:
+            raise ValueError(f"samples_per_prompt ({self.samples_per_prompt}) must divide num_envs ({self.num_envs}).")
         samples = self.num_envs * self.batches_per_epoch
         if self.algorithm.startswith("ddpo"):
             self.ddpo = dataclasses.replace(self.ddpo, estimator=self.algorithm.split("-")[1])
@@ -215,7 +221,7 @@ def train(config: TrainConfig) -> list[dict]:
     start = time.perf_counter() - seconds_before
     bar = tqdm(range(start_epoch, config.epochs), desc=config.algorithm, unit="epoch", disable=not (config.progress and main_process), initial=start_epoch, total=config.epochs)
     for epoch in bar:
-        batch = collect(envs, policy, config.batches_per_epoch, generator=sampling_generator)
+        batch = collect(envs, policy, config.batches_per_epoch, generator=sampling_generator, overlap_rewards=config.overlap_rewards, samples_per_prompt=config.samples_per_prompt)
         queries += len(batch) * world_size()
         rewards = _gather(batch.rewards)
         metrics = agent.update(batch)

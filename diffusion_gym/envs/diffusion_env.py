@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -16,7 +17,7 @@ from diffusion_gym.envs.registration import PAPER_DEFAULTS
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.policy import DiffusionPolicy, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
-from diffusion_gym.rewards import RewardFn, make_reward
+from diffusion_gym.rewards import RewardFn, check_reward, make_reward
 from diffusion_gym.samplers import DDIMSampler
 
 ARRAY_TYPES = ("numpy", "torch")
@@ -66,7 +67,10 @@ class DiffusionVectorEnv(VectorEnv):
     - model: a hub id, a local diffusers pipeline folder, "tiny-random", "embedded", or a
       `DiffusionModel`.
     - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
-      `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory.
+      `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory (and
+      `device`, the env's, if the factory takes one and it is not given). None: the task's
+      `default_reward`, or the model's offline stand-in for it (the embedded model scores prompt
+      alignment with its toy-world captioner: "embedded_alignment").
     - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list;
       None: the model's own prompt set if it has one (the embedded model's toy world), else
       `default_prompts` (the task's set from the paper, as registered).
@@ -90,7 +94,8 @@ class DiffusionVectorEnv(VectorEnv):
         num_envs: int = 1,
         *,
         model: str | DiffusionModel = PAPER_DEFAULTS["model"],
-        reward: str | RewardFn = "jpeg_compressibility",
+        reward: str | RewardFn | None = None,
+        default_reward: str = "jpeg_compressibility",
         prompts: str | Sequence[str] | None = None,
         default_prompts: str = "imagenet_animals",
         num_inference_steps: int | None = None,
@@ -112,17 +117,21 @@ class DiffusionVectorEnv(VectorEnv):
         self.array_type = array_type
         self.render_mode = render_mode
         given_prompts = load_prompts(prompts) if prompts is not None else None  # checked before the slow part
-        self.reward_fn = make_reward(reward, **(reward_kwargs or {}))
+        check_reward(reward if reward is not None else default_reward)  # before the slow part
         self.model = load_model(model, device=device, dtype=dtype)
 
         # settings not given: the model's own if it has them, else the paper's
         defaults = {**PAPER_DEFAULTS, "prompts": default_prompts, **self.model.defaults}
+        if reward is None:
+            reward = defaults.get("reward_stand_ins", {}).get(default_reward, default_reward)
+        self.reward_fn = make_reward(reward, device=self.model.device, **(reward_kwargs or {}))
         self.prompts = given_prompts or load_prompts(defaults["prompts"])
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         self.guidance_scale = check_guidance_scale(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
         self.device = self.model.device
         self._render_policy: DiffusionPolicy | None = None
+        self._defer_rewards = False
 
         sample_shape = self.model.sample_shape
         max_prompt_length = max(256, *(len(p) for p in self.prompts))
@@ -247,21 +256,33 @@ class DiffusionVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         if self._episode_over:
             images = self.model.decode(self._x)
-            rewards, reward_info = self._score(images)
+            rewards, reward_info = (rewards, {}) if self._defer_rewards else self.score(images, list(self._episode_prompts))
             mask = np.ones(self.num_envs, dtype=bool)
             infos = {"images": images, "_images": mask, "reward_info": reward_info, "_reward_info": mask}
         done = np.full(self.num_envs, self._episode_over)
         return self._observation(), self._out(rewards), self._out(done), self._out(np.zeros(self.num_envs, dtype=bool)), infos
 
-    def _score(self, images: np.ndarray) -> tuple[np.ndarray, dict]:
-        rewards, info = self.reward_fn(images, list(self._episode_prompts))
+    def score(self, images: np.ndarray, prompts: list[str]) -> tuple[np.ndarray, dict]:
+        """The reward function on finished episodes, its output checked: ((N,) float64, info)."""
+        rewards, info = self.reward_fn(images, prompts)
         rewards = np.asarray(rewards, dtype=np.float64)
-        if rewards.shape != (self.num_envs,) or not np.isfinite(rewards).all():
+        if rewards.shape != (len(images),) or not np.isfinite(rewards).all():
             raise ValueError(
-                f"The reward function must return {self.num_envs} finite rewards, got shape {rewards.shape} "
+                f"The reward function must return {len(images)} finite rewards, got shape {rewards.shape} "
                 f"with values {rewards!r}."
             )
         return rewards, dict(info)
+
+    @contextmanager
+    def deferred_rewards(self) -> Iterator[None]:
+        """Inside this context, episodes end with reward 0 and the caller scores `info["images"]`
+        itself with `score(images, prompts)`: agents use it to compute rewards in a worker thread
+        while the next batch is sampled. Outside it, rewards are the terminal step's as usual."""
+        self._defer_rewards = True
+        try:
+            yield
+        finally:
+            self._defer_rewards = False
 
     def _observation(self) -> dict[str, Any]:
         timestep = 0 if self._episode_over else self._timesteps[self._step_index]

@@ -53,5 +53,5 @@ def register_envs() -> None:
             vector_entry_point="diffusion_gym.envs.diffusion_env:DiffusionVectorEnv",
             # our env raises a ValueError on step-before-reset itself, with a clearer message
             order_enforce=False,
-            kwargs={"model": PAPER_DEFAULTS["model"], "eta": PAPER_DEFAULTS["eta"], "reward": task.reward, "default_prompts": task.prompts},
+            kwargs={"model": PAPER_DEFAULTS["model"], "eta": PAPER_DEFAULTS["eta"], "default_reward": task.reward, "default_prompts": task.prompts},
         )

@@ -12,20 +12,24 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 from pathlib import Path
 from typing import Callable
-from urllib.parse import urlparse
 
 import torch
 
 from diffusion_gym.embedded import EMBEDDED_DIR
+from diffusion_gym.models.hub import load_offline_first
 from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
 from diffusion_gym.models.tiny import build_tiny_random
 
-# The embedded model's sampling settings: its own prompt world, 20 steps, the guidance its
-# evaluation chose (diffusion_gym/embedded/evaluate.py).
-EMBEDDED_DEFAULTS = {"prompts": "toy_world", "num_inference_steps": 20, "guidance_scale": 3.0}
+# The embedded model's settings: its own prompt world, 20 steps, the guidance its evaluation chose
+# (diffusion_gym/embedded/evaluate.py), and offline stand-ins for rewards that need large models.
+EMBEDDED_DEFAULTS = {
+    "prompts": "toy_world",
+    "num_inference_steps": 20,
+    "guidance_scale": 3.0,
+    "reward_stand_ins": {"prompt_alignment": "embedded_alignment"},
+}
 
 
 def load_embedded() -> DiffusionModel:
@@ -107,37 +111,13 @@ def load_model(
 
 
 def _load_from_hub(repo_id: str) -> DiffusionModel:
-    try:
-        return _load_pipeline_parts(repo_id, local_files_only=True)
-    except (OSError, ValueError):
-        pass  # not (fully) in the local cache: try the hub below, if it can be reached
-    reason = _hub_unreachable_reason()
-    if reason is None:
-        try:
-            return _load_pipeline_parts(repo_id, local_files_only=False)
-        except (OSError, ValueError) as error:
-            reason = str(error).splitlines()[0]
-    raise ValueError(
-        f"Could not load model {repo_id!r}: it is not a local folder, not in the Hugging Face cache, "
-        f"and the hub could not provide it ({reason}). On a machine with hub access, download it "
-        f"(`huggingface-cli download {repo_id} --local-dir DIR`, or `pipeline.save_pretrained(DIR)`) "
-        f"and pass model='DIR'; or use one of the models built in code: {sorted(BUILTIN_MODELS)}."
+    return load_offline_first(
+        repo_id,
+        lambda local_files_only: _load_pipeline_parts(repo_id, local_files_only=local_files_only),
+        f"On a machine with hub access, download it (`huggingface-cli download {repo_id} --local-dir DIR`, "
+        f"or `pipeline.save_pretrained(DIR)`) and pass model='DIR'; or use one of the models built in code: "
+        f"{sorted(BUILTIN_MODELS)}.",
     )
-
-
-def _hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """Why the hub cannot be reached (offline mode, no route, DNS), or None if it answers."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return "HF_HUB_OFFLINE is set"
-    url = urlparse(constants.ENDPOINT)
-    port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname, port), timeout=timeout).close()
-    except OSError as error:
-        return f"no connection to the hub: {error}"
-    return None
 
 
 def _read_model_index(model: str, local_files_only: bool) -> dict:

@@ -33,7 +33,9 @@ class DiffusionModel:
         name: where the model came from (hub id, folder, "tiny-random").
         defaults: sampling settings this model is meant to be used with, which environments
             take when not told otherwise: "prompts" (a prompt set name), "num_inference_steps",
-            "guidance_scale". Empty for Stable Diffusion (the paper's settings apply).
+            "guidance_scale", and "reward_stand_ins" ({task reward: the reward to use instead}, for
+            rewards whose models do not fit this one's world). Empty for Stable Diffusion (the
+            paper's settings apply).
     """
 
     unet: torch.nn.Module

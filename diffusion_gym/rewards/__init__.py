@@ -3,38 +3,64 @@
     reward_fn = make_reward("jpeg_compressibility")
     rewards, info = reward_fn(images, prompts)   # (N, H, W, 3) uint8, list[str] -> (N,), dict
 
-Any callable with that signature can be passed where a reward name is accepted.
+Any callable with that signature can be passed where a reward name is accepted. Factories whose
+rewards run a model take `device`; their models load on the first call, once per process.
 """
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
+import torch
+
+from diffusion_gym.rewards.aesthetic import AestheticScorer, aesthetic
+from diffusion_gym.rewards.alignment import embedded_alignment, prompt_alignment
 from diffusion_gym.rewards.base import RewardFn, check_images
 from diffusion_gym.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "jpeg_compressibility": jpeg_compressibility,
     "jpeg_incompressibility": jpeg_incompressibility,
+    "aesthetic": aesthetic,
+    "prompt_alignment": prompt_alignment,
+    "embedded_alignment": embedded_alignment,
 }
 
 
-def make_reward(reward: str | RewardFn, **kwargs) -> RewardFn:
-    """A reward function from a registered name (with factory options) or any callable.
-
-    Raises:
-        ValueError: an unknown name (the message lists the known ones) or a non-callable.
-    """
-    if callable(reward):
-        if kwargs:
-            raise ValueError("Reward options apply to a registered reward name, not to a callable.")
-        return reward
-    if not isinstance(reward, str) or reward not in REWARDS:
+def check_reward(reward: object) -> None:
+    """Raise ValueError unless `reward` is a registered name or a callable."""
+    if not callable(reward) and not (isinstance(reward, str) and reward in REWARDS):
         raise ValueError(
             f"Unknown reward {reward!r}; registered rewards: {sorted(REWARDS)}. Or pass any callable "
             "fn(images: (N, H, W, 3) uint8 array, prompts: list[str]) -> (rewards (N,), info dict)."
         )
-    return REWARDS[reward](**kwargs)
 
 
-__all__ = ["REWARDS", "RewardFn", "check_images", "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward"]
+def make_reward(reward: str | RewardFn, device: str | torch.device | None = None, **kwargs) -> RewardFn:
+    """A reward function from a registered name (with factory options) or any callable.
+
+    Args:
+        reward: a name in `REWARDS` or a callable `fn(images, prompts) -> (rewards, info)`.
+        device: where a registered reward's models run, if its factory takes a device (an
+            explicit `device` in `kwargs` wins); ignored for callables.
+        kwargs: options of the registered factory.
+
+    Raises:
+        ValueError: an unknown name (the message lists the known ones) or a non-callable.
+    """
+    check_reward(reward)
+    if callable(reward):
+        if kwargs:
+            raise ValueError("Reward options apply to a registered reward name, not to a callable.")
+        return reward
+    factory = REWARDS[reward]
+    if device is not None and "device" in inspect.signature(factory).parameters:
+        kwargs = {"device": str(device), **kwargs}
+    return factory(**kwargs)
+
+
+__all__ = [
+    "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "embedded_alignment",
+    "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward", "prompt_alignment",
+]  # fmt: skip
