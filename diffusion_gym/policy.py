@@ -49,6 +49,7 @@ class DiffusionPolicy(nn.Module):
         super().__init__()
         if reduce not in ("sum", "mean"):
             raise ValueError(f"reduce must be 'sum' or 'mean', got {reduce!r}")
+        self.model = model  # not a module: its networks register below (an env can share it: `gym.make(..., model=policy.model)`)
         self.unet = model.unet
         self.text_encoder = model.text_encoder.requires_grad_(False)
         self.tokenizer = model.tokenizer

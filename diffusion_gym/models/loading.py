@@ -87,12 +87,17 @@ def load_model(
 
     Args:
         model: a name built in code ("tiny-random"), a local folder in diffusers pipeline format,
-            a Hugging Face hub id ("CompVis/stable-diffusion-v1-4"), or a `DiffusionModel`.
+            a Hugging Face hub id ("CompVis/stable-diffusion-v1-4"), or a `DiffusionModel`: a
+            new one is frozen like a loaded one; one that went through `load_model` before (an
+            env's, a policy's: `policy.model`) is only moved, so an env can share the model of a
+            policy in training without freezing its adapters.
         device: "auto", "cpu", "cuda", ...
         dtype: the networks' dtype ("float32", "float16", "bfloat16").
     """
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if isinstance(model, DiffusionModel):
+        if model.prepared:  # loaded before, maybe in training now (an env sharing a policy's model): as it is
+            return model.to(device=device, dtype=dtype)
         loaded = model
     elif not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"model must be a name, a folder, a hub id or a DiffusionModel, got {type(model).__name__}")
@@ -107,6 +112,7 @@ def load_model(
     for module in (loaded.unet, loaded.text_encoder, loaded.vae):
         if module is not None:
             module.requires_grad_(False).eval()
+    loaded.prepared = True
     return loaded.to(device=device, dtype=dtype)
 
 

@@ -45,6 +45,8 @@ class DiffusionModel:
     vae: torch.nn.Module | None = None
     name: str = ""
     defaults: dict = field(default_factory=dict)
+    prepared: bool = field(default=False, repr=False)
+    """Set by `load_model` once it has frozen the networks (then it leaves them alone)."""
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,363 @@
+"""`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
+
+    diffusion-gym-bench quick                      # embedded model, 2 tasks × 4 algorithms, <= 10 min on 2 cores
+    diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 3 seeds (hours on 2 cores)
+    diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
+    diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
+
+Every cell is a `diffusion-gym-train` run (same code, its preset with the task, seed and reward
+query budget set) evaluated every few epochs on fixed prompts and noise: the training prompts
+and, for generalisation, prompts never trained on. On the embedded model every evaluation also
+records prompt faithfulness (the toy-world captioner's per-attribute accuracy against the
+prompt), so over-optimisation shows as a falling curve. Writes, in the output folder:
+
+- `results.json`: every evaluation point of every cell, the config, versions, wall times;
+- `table.md`: final reward (mean ± std over seeds) per task and algorithm, the starting model
+  first, and the generalisation table (gain on training prompts vs held-out prompts);
+- `curves.png`: reward (and faithfulness) against reward queries, a line per algorithm with a
+  band over seeds, a panel per task;
+- `samples/`: grids of the starting and the fine-tuned model for the same prompts and noise;
+- `cells/TASK/ALGORITHM/seedS/`: each run's folder (metrics.jsonl, checkpoint, final weights).
+
+A re-run skips finished cells and resumes an interrupted one from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+import tyro
+from tqdm import tqdm
+
+import diffusion_gym  # noqa: F401  (registers the ids)
+from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
+from diffusion_gym.embedded import world
+from diffusion_gym.embedded.evaluate import sample
+from diffusion_gym.images import prompt_grid
+from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.prompts import load_prompts
+from diffusion_gym.rewards import jpeg_size_kb
+
+ALGORITHM_NAMES = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr-exp": "RWR", "rwr-sparse": "RWR-sparse"}
+
+
+@dataclass
+class BenchConfig:
+    """A grid of runs and how each is evaluated."""
+
+    preset: str = "embedded"
+    """Training preset family each cell starts from: "embedded" (CPU) or "paper" (Stable Diffusion, GPUs)."""
+    tasks: tuple[str, ...] = ("DiffusionCompressibility-v0", "DiffusionIncompressibility-v0")
+    """Environment ids (the tasks)."""
+    algorithms: tuple[str, ...] = ALGORITHMS
+    """Algorithms, as `diffusion-gym-train` names them."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds per (task, algorithm)."""
+    budget: int = 1280
+    """Reward queries per run (training samples; evaluation samples are not counted)."""
+    max_minutes: float | None = None
+    """Wall-time limit per run, evaluations not counted (None: the budget alone)."""
+    eval_every: int = 5
+    """Epochs between evaluations (and one at the end)."""
+    eval_prompts: int = 32
+    """Prompts evaluated per split (a fixed spread of the task's set and of the held-out set), one sample each."""
+    held_out_prompts: str | None = "toy_world_held_out"
+    """Prompt set never trained on, for generalisation (None: skip)."""
+    eval_seed: int = 1234
+    """Seeds the evaluation noise: every evaluation sees the same prompts and noise."""
+    train: dict = field(default_factory=dict)
+    """Overrides of the training preset for every cell, e.g. {"num_envs": 8}; nested: {"ddpo": {"clip_range": 1e-3}}."""
+    output_dir: Path = Path("runs/bench")
+    """Where everything goes."""
+
+    def __post_init__(self) -> None:
+        unknown = [a for a in self.algorithms if a not in ALGORITHMS]
+        if unknown:
+            raise ValueError(f"Unknown algorithms {unknown}; choose from {ALGORITHMS}.")
+        unknown_tasks = [t for t in self.tasks if t not in gym.registry]
+        if unknown_tasks:
+            raise ValueError(f"Unknown tasks {unknown_tasks}; registered: {[i for i in gym.registry if i.startswith('Diffusion')]}.")
+        if self.preset not in ("embedded", "paper"):
+            raise ValueError(f"preset must be 'embedded' or 'paper', got {self.preset!r}.")
+        for name in ("budget", "eval_every", "eval_prompts"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+
+
+PRESETS: dict[str, tuple[str, BenchConfig]] = {
+    "quick": (
+        "embedded model, compressibility and incompressibility, all four algorithms, one seed: <= 10 minutes on 2 cores",
+        BenchConfig(
+            budget=192, eval_every=6, eval_prompts=16,
+            train={"num_envs": 16, "batches_per_epoch": 2, "samples_per_prompt": 4, "num_inference_steps": 5, "ddpo": {"per_prompt_min_count": 4}},
+            output_dir=Path("runs/bench-quick"),
+        ),  # fmt: skip
+    ),
+    "agents": (
+        "embedded model, compressibility, all four algorithms, 10,000 reward queries or 30 minutes each (the agents issue's comparison)",
+        BenchConfig(
+            tasks=("DiffusionCompressibility-v0",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
+            output_dir=Path("runs/bench-agents"),
+        ),  # fmt: skip
+    ),
+    "cpu": (
+        "embedded model, the three offline tasks, all four algorithms, 3 seeds, the DDPO-IS KL variant: hours on 2 cores",
+        BenchConfig(
+            tasks=("DiffusionCompressibility-v0", "DiffusionIncompressibility-v0", "DiffusionPromptAlignment-v0"),
+            seeds=(0, 1, 2), budget=1280, eval_every=5, eval_prompts=32, output_dir=Path("runs/bench-cpu"),
+        ),  # fmt: skip
+    ),
+    "paper": (
+        "Stable Diffusion v1.4 with the paper's settings and prompt sets, 4 tasks (GPUs; accelerate for several)",
+        BenchConfig(
+            preset="paper",
+            tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0", "DiffusionPromptAlignment-v0"),
+            budget=50_000, eval_every=10, eval_prompts=64, held_out_prompts=None, output_dir=Path("runs/bench-paper"),
+        ),  # fmt: skip
+    ),
+}
+
+
+# ---------------------------------------------------------------- one cell
+def cell_config(config: BenchConfig, task: str, algorithm: str, seed: int) -> TrainConfig:
+    """The training run of a cell: the preset, the bench's overrides, the task, seed and budget."""
+    base = (embedded_preset if config.preset == "embedded" else paper_preset)(algorithm)
+    overrides = dict(config.train)
+    for nested in ("ddpo", "rwr"):  # nested dataclasses take dicts of their own fields
+        if nested in overrides:
+            overrides[nested] = dataclasses.replace(getattr(base, nested), **overrides[nested])
+    return dataclasses.replace(
+        base, **overrides, env_id=task, seed=seed, max_reward_queries=config.budget, max_minutes=config.max_minutes, epochs=10**6,
+        output_dir=config.output_dir / "cells" / task / algorithm / f"seed{seed}", tensorboard=False,
+    )  # fmt: skip
+
+
+class Evaluator:
+    """Samples fixed prompts with fixed noise through the task's env and scores them."""
+
+    def __init__(self, config: BenchConfig, train_config: TrainConfig, policy: DiffusionPolicy):
+        kwargs = {k: v for k, v in (("num_inference_steps", train_config.num_inference_steps), ("guidance_scale", train_config.guidance_scale), ("reward", train_config.reward)) if v is not None}
+        self.envs = gym.make_vec(train_config.env_id, num_envs=min(32, config.eval_prompts), model=policy.model, **kwargs)
+        self.splits = {"train": _spread(self.envs.unwrapped.prompts, config.eval_prompts)}
+        if config.held_out_prompts:
+            self.splits["held_out"] = _spread(load_prompts(config.held_out_prompts), config.eval_prompts)
+        self.seed = config.eval_seed
+        self.embedded = policy.model.name == "embedded"
+        self.captioner = None
+        if self.embedded:
+            from diffusion_gym.embedded.captioner import load_captioner
+
+            self.captioner = load_captioner()
+
+    def __call__(self, policy: DiffusionPolicy) -> tuple[dict, dict[str, np.ndarray]]:
+        """({metric: value}, {split: images})."""
+        metrics, images_by_split = {}, {}
+        for split, prompts in self.splits.items():
+            images = sample(self.envs, policy, prompts, seed=self.seed, desc=f"eval {split}")
+            rewards, _ = self.envs.unwrapped.score(images, prompts)
+            metrics[f"eval_{split}_reward"] = float(rewards.mean())
+            metrics[f"eval_{split}_jpeg_kb"] = float(jpeg_size_kb(images).mean())
+            if self.captioner is not None:
+                labels = world.labels_of([world.parse_caption(p) for p in prompts])
+                metrics[f"eval_{split}_faithfulness"] = float((self.captioner.read(images) == labels).mean())
+            images_by_split[split] = images
+        return metrics, images_by_split
+
+
+def _spread(prompts, n: int) -> list[str]:
+    """n prompts evenly spread over a prompt set (all of them if it has fewer)."""
+    indices = np.linspace(0, len(prompts) - 1, min(n, len(prompts))).round().astype(int)
+    return [prompts[i] for i in indices]
+
+
+def run_cell(config: BenchConfig, task: str, algorithm: str, seed: int, start_metrics: dict) -> dict:
+    """Train one cell (or resume it) with evaluations; returns its summary."""
+    train_config = cell_config(config, task, algorithm, seed)
+    out = train_config.output_dir
+    evaluator: Evaluator | None = None
+    last_images: dict = {}
+
+    def on_epoch(policy: DiffusionPolicy, record: dict) -> dict:
+        nonlocal evaluator, last_images
+        final = record["reward_queries"] >= config.budget or (config.max_minutes is not None and record["seconds"] >= 60 * config.max_minutes)
+        if (record["epoch"] + 1) % config.eval_every and not final:
+            return {}
+        evaluator = evaluator or Evaluator(config, train_config, policy)
+        metrics, last_images = evaluator(policy)
+        return metrics
+
+    start = time.perf_counter()
+    history = train(train_config, on_epoch=on_epoch)
+    evaluations = [{k: v for k, v in r.items() if k == "reward_queries" or k.startswith("eval_")} for r in history if any(k.startswith("eval_") for k in r)]
+    summary = {
+        "task": task, "algorithm": algorithm, "seed": seed, "wall_seconds": time.perf_counter() - start,
+        "train_seconds": history[-1]["seconds"] if history else 0.0, "reward_queries": history[-1]["reward_queries"] if history else 0,
+        "evaluations": [{"reward_queries": 0, **start_metrics}] + evaluations,
+        "train_reward": [(r["reward_queries"], r["reward_mean"]) for r in history],
+    }  # fmt: skip
+    if last_images:
+        (out / "end_images.npz").parent.mkdir(parents=True, exist_ok=True)
+        np.savez_compressed(out / "end_images.npz", **last_images)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def start_of_task(config: BenchConfig, task: str, out: Path) -> tuple[dict, dict]:
+    """The starting model's evaluation on a task (shared by its cells), cached in the output folder."""
+    path = out / "start" / f"{task}.json"
+    images_path = out / "start" / f"{task}.npz"
+    if path.is_file() and images_path.is_file():
+        return json.loads(path.read_text()), dict(np.load(images_path))
+    train_config = cell_config(config, task, config.algorithms[0], 0)
+    env_kwargs = {k: v for k, v in (("num_inference_steps", train_config.num_inference_steps), ("guidance_scale", train_config.guidance_scale)) if v is not None}
+    envs = gym.make_vec(task, num_envs=1, model=train_config.model, device=train_config.device, dtype=train_config.dtype, **env_kwargs)
+    policy = DiffusionPolicy.from_env(envs)
+    metrics, images = Evaluator(config, train_config, policy)(policy)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(metrics, indent=1) + "\n")
+    np.savez_compressed(images_path, **images)
+    return metrics, images
+
+
+# ---------------------------------------------------------------- the grid
+def run(config: BenchConfig) -> dict:
+    out = config.output_dir
+    out.mkdir(parents=True, exist_ok=True)
+    cells = [(t, a, s) for t in config.tasks for a in config.algorithms for s in config.seeds]
+    starts, summaries = {}, []
+    overall = tqdm(total=len(cells), desc="bench", unit="cell")
+    for task in config.tasks:
+        starts[task] = start_of_task(config, task, out)
+    for task, algorithm, seed in cells:
+        summary_path = cell_config(config, task, algorithm, seed).output_dir / "summary.json"
+        overall.set_postfix_str(f"{task} {algorithm} seed {seed}")
+        if summary_path.is_file():
+            summaries.append(json.loads(summary_path.read_text()))  # finished before: skipped
+        else:
+            summaries.append(run_cell(config, task, algorithm, seed, starts[task][0]))
+        overall.update()
+        tqdm.write(f"{task} {algorithm} seed {seed}: {_final(summaries[-1], 'train'):.4f} after {summaries[-1]['reward_queries']} queries, {summaries[-1]['train_seconds']:.0f} s")
+    overall.close()
+
+    results = {
+        "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
+        "versions": _versions(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "torch_threads": torch.get_num_threads()},
+        "start": {task: metrics for task, (metrics, _) in starts.items()},
+        "cells": summaries,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    table = tables(results)
+    (out / "table.md").write_text(table)
+    plot_curves(results, out / "curves.png")
+    write_sample_grids(config, starts, out)
+    print(table)
+    return results
+
+
+def _final(summary: dict, split: str, metric: str = "reward") -> float:
+    return summary["evaluations"][-1].get(f"eval_{split}_{metric}", float("nan"))
+
+
+def _versions() -> dict:
+    import diffusers
+    import transformers
+
+    return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__, "gymnasium": gym.__version__, "numpy": np.__version__}
+
+
+def tables(results: dict) -> str:
+    """table.md: final reward per task and algorithm (mean ± std over seeds), start first; then
+    the generalisation table and, on the embedded model, faithfulness."""
+    cells, tasks = results["cells"], list(results["start"])
+    algorithms = list(dict.fromkeys(c["algorithm"] for c in cells))
+
+    def values(task, algorithm, split, metric="reward"):
+        return np.array([_final(c, split, metric) for c in cells if c["task"] == task and c["algorithm"] == algorithm])
+
+    def fmt(v: np.ndarray) -> str:
+        return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+
+    seeds = len({c["seed"] for c in cells})
+    lines = [f"Final evaluation reward on the training prompts (mean ± std over {seeds} seed{'s' * (seeds > 1)}; fixed prompts and noise).\n"]
+    lines += ["| algorithm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+    lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_reward']:.4f}" for t in tasks) + " |")
+    for a in algorithms:
+        lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(fmt(values(t, a, "train")) for t in tasks) + " |")
+    if any("eval_held_out_reward" in results["start"][t] for t in tasks):
+        lines += ["", "Generalisation: gain in evaluation reward over the starting model, training prompts vs held-out prompts never trained on.\n"]
+        lines += ["| task | algorithm | gain, training prompts | gain, held-out prompts |", "|---|---|---|---|"]
+        for t in tasks:
+            for a in algorithms:
+                gain_train = values(t, a, "train") - results["start"][t]["eval_train_reward"]
+                gain_held = values(t, a, "held_out") - results["start"][t]["eval_held_out_reward"]
+                lines.append(f"| {t} | {ALGORITHM_NAMES.get(a, a)} | {fmt(gain_train)} | {fmt(gain_held)} |")
+    if any("eval_train_faithfulness" in results["start"][t] for t in tasks):
+        lines += ["", "Prompt faithfulness (captioner's per-attribute accuracy against the prompt, training prompts): start → end.\n"]
+        lines += ["| algorithm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
+        lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_faithfulness']:.3f}" for t in tasks) + " |")
+        for a in algorithms:
+            lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(fmt(values(t, a, "train", "faithfulness")) for t in tasks) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(results: dict, path: Path) -> None:
+    """Evaluation reward (top) and faithfulness (bottom, embedded model) against reward queries."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, cells = list(results["start"]), results["cells"]
+    has_faith = any("eval_train_faithfulness" in results["start"][t] for t in tasks)
+    rows = 2 if has_faith else 1
+    fig, axes = plt.subplots(rows, len(tasks), figsize=(4.5 * len(tasks), 3.6 * rows), squeeze=False)
+    for column, task in enumerate(tasks):
+        for row, metric in enumerate(["reward", "faithfulness"][:rows]):
+            ax = axes[row, column]
+            for algorithm in dict.fromkeys(c["algorithm"] for c in cells):
+                runs = [c["evaluations"] for c in cells if c["task"] == task and c["algorithm"] == algorithm]
+                length = min(len(r) for r in runs)
+                x = np.array([r[i]["reward_queries"] for i in range(length) for r in runs[:1]])
+                y = np.array([[r[i].get(f"eval_train_{metric}", np.nan) for i in range(length)] for r in runs])
+                line = ax.plot(x, y.mean(axis=0), marker="o", markersize=3, label=ALGORITHM_NAMES.get(algorithm, algorithm))[0]
+                if len(runs) > 1:
+                    ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
+            ax.set_xlabel("reward queries")
+            ax.set_ylabel("evaluation reward" if metric == "reward" else "prompt faithfulness")
+            ax.set_title(task.removeprefix("Diffusion").removesuffix("-v0") if row == 0 else "")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_sample_grids(config: BenchConfig, starts: dict, out: Path) -> None:
+    """Per task: the starting model and each algorithm's first seed, same prompts and noise."""
+    folder = out / "samples"
+    folder.mkdir(exist_ok=True)
+    for task in config.tasks:
+        start_images = starts[task][1]["train"][:8]
+        rows = [("start", start_images)]
+        for algorithm in config.algorithms:
+            path = cell_config(config, task, algorithm, config.seeds[0]).output_dir / "end_images.npz"
+            if path.is_file():
+                rows.append((ALGORITHM_NAMES.get(algorithm, algorithm), np.load(path)["train"][:8]))
+        prompt_grid(rows).save(folder / f"{task}.png")
+
+
+def main() -> None:
+    run(tyro.extras.overridable_config_cli({name: preset for name, preset in PRESETS.items()}, prog="diffusion-gym-bench"))
+
+
+if __name__ == "__main__":
+    main()

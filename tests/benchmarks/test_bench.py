@@ -1,0 +1,53 @@
+"""The benchmark runner on a one-cell, tiny-budget grid: the files it writes and their numbers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from benchmarks.run import PRESETS, BenchConfig, run
+
+TINY_TRAIN = {"num_envs": 4, "batches_per_epoch": 1, "samples_per_prompt": 2, "num_inference_steps": 3, "ddpo": {"per_prompt_min_count": 2, "train_batch_size": 4}}
+
+
+def test_a_one_cell_grid_writes_results_tables_curves_and_grids(tmp_path, capsys):
+    config = BenchConfig(
+        tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), seeds=(0,), budget=8, eval_every=1,
+        eval_prompts=4, train=TINY_TRAIN, output_dir=tmp_path / "bench",
+    )  # fmt: skip
+    results = run(config)
+    out = tmp_path / "bench"
+    for name in ("results.json", "table.md", "curves.png", "samples/DiffusionCompressibility-v0.png"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["versions"]["torch"] and saved["config"]["budget"] == 8
+    (cell,) = saved["cells"]
+    assert cell["reward_queries"] == 8 and cell["train_seconds"] > 0
+    # evaluation points: the start, then after each of the 2 epochs
+    assert [e["reward_queries"] for e in cell["evaluations"]] == [0, 4, 8]
+    start, end = cell["evaluations"][0], cell["evaluations"][-1]
+    # compressibility's reward is -JPEG kB: the two evaluation numbers agree
+    assert end["eval_train_reward"] == pytest.approx(-end["eval_train_jpeg_kb"])
+    assert 0 <= end["eval_train_faithfulness"] <= 1 and "eval_held_out_reward" in end
+    assert start == {"reward_queries": 0, **saved["start"]["DiffusionCompressibility-v0"]}
+    # the table shows the starting model first, then the algorithm's final figure
+    table = (out / "table.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| starting model") or line.startswith("| DDPO-IS")]
+    assert rows[0] == f"| starting model | {start['eval_train_reward']:.4f} |"
+    assert rows[1] == f"| DDPO-IS | {end['eval_train_reward']:.4f} |"
+    assert "gain, held-out prompts" in table and table in capsys.readouterr().out
+    assert np.isfinite(results["cells"][0]["evaluations"][-1]["eval_held_out_reward"])
+
+    # a re-run skips the finished cell: nothing is trained again
+    mtime = (out / "cells/DiffusionCompressibility-v0/ddpo-is/seed0/summary.json").stat().st_mtime
+    again = run(config)
+    assert again["cells"] == json.loads(json.dumps(results["cells"]))
+    assert (out / "cells/DiffusionCompressibility-v0/ddpo-is/seed0/summary.json").stat().st_mtime == mtime
+
+
+def test_bad_grids_are_refused():
+    with pytest.raises(ValueError, match="Unknown algorithms"):
+        BenchConfig(algorithms=("ppo",))
+    with pytest.raises(ValueError, match="Unknown tasks"):
+        BenchConfig(tasks=("DiffusionNope-v0",))
+    assert set(PRESETS) == {"quick", "agents", "cpu", "paper"}

@@ -1,0 +1,114 @@
+"""stable-baselines3 and tianshou train the diffusion policy through the env: their log-probs are
+DiffusionPolicy.log_prob, their updates change the policy, and action bounds never clip a sample."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.wrappers.observations import ACTION_BOUND, PromptIndexObservation
+
+ENV = dict(model="tiny-random-pixel", num_inference_steps=3, device="cpu")
+
+
+def make(num_envs=4):
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=num_envs, **ENV)
+    policy = DiffusionPolicy.from_env(envs)
+    policy.enable_lora(rank=4, seed=0)
+    return envs, policy
+
+
+def trainable(policy):
+    return {n: p.detach().clone() for n, p in policy.unet.named_parameters() if p.requires_grad}
+
+
+def changed(policy, before) -> bool:
+    return any(not torch.equal(p, before[n]) for n, p in policy.unet.named_parameters() if p.requires_grad)
+
+
+def test_prompt_index_observations_and_bounds_that_never_clip_a_policy_sample():
+    envs, policy = make(8)
+    wrapped = PromptIndexObservation(envs)
+    obs, _ = wrapped.reset(seed=0)
+    assert wrapped.single_observation_space.contains({k: v[0] for k, v in obs.items()})
+    generator = torch.Generator().manual_seed(0)
+    largest = 0.0
+    for _ in range(3):  # whole episodes: every step's action, from pure noise to x_0
+        while True:
+            action, _ = policy.act(wrapped.prompt_observation(obs), generator=generator)
+            assert np.array_equal(np.clip(action, wrapped.single_action_space.low, wrapped.single_action_space.high), action)
+            largest = max(largest, float(np.abs(action).max()))
+            obs, _, terminated, _, _ = wrapped.step(action)
+            if terminated.all():
+                obs, _ = wrapped.reset()
+                break
+    assert largest < ACTION_BOUND / 100  # not just unclipped here: two orders of magnitude of room
+    with pytest.raises(ValueError, match="not in the env's prompt set"):
+        wrapped.reset(options={"prompts": ["a prompt from elsewhere"] * 8})
+
+
+def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours():
+    from stable_baselines3 import PPO
+
+    from diffusion_gym.wrappers.sb3 import DiffusionActorCriticPolicy, SB3VecEnv, ddpo_like_ppo_kwargs
+
+    envs, policy = make(4)
+    vec_env = SB3VecEnv(envs)
+    kwargs = ddpo_like_ppo_kwargs(vec_env, episodes_per_rollout=2)
+    assert kwargs["n_steps"] == 6 and kwargs["gamma"] == 1.0 and kwargs["gae_lambda"] == 1.0
+    model = PPO(DiffusionActorCriticPolicy, vec_env, learning_rate=1e-3, seed=0, device="cpu",
+                policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, value_head="timestep"), **kwargs)  # fmt: skip
+    before = trainable(policy)
+    model.learn(total_timesteps=2 * kwargs["n_steps"] * 4)
+    assert changed(policy, before)
+    assert model.policy.values_per_timestep.weight.abs().sum() > 0  # the learned V(t) moved too
+
+    obs = vec_env.reset()
+    obs_tensor, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        actions, _, sb3_log_prob = model.policy(obs_tensor)
+        _, evaluated, _ = model.policy.evaluate_actions(obs_tensor, actions)
+        ours = policy.log_prob(vec_env.envs.prompt_observation(obs), actions.reshape(4, *vec_env.sample_shape), reduce="sum")
+    torch.testing.assert_close(sb3_log_prob, ours, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(evaluated, ours, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+def test_tianshou_trains_the_policy_and_its_log_prob_is_ours(algorithm):
+    from tianshou.algorithm.modelfree.ppo import PPO
+    from tianshou.algorithm.modelfree.reinforce import Reinforce
+    from tianshou.algorithm.optim import AdamOptimizerFactory
+    from tianshou.data import Batch, Collector, VectorReplayBuffer
+    from tianshou.trainer import OnPolicyTrainerParams
+
+    from diffusion_gym.wrappers.tianshou import TianshouVectorEnv, TimestepCritic, make_policy
+
+    envs, policy = make(4)
+    venv = TianshouVectorEnv(envs)
+    actor_policy = make_policy(policy, venv)
+    optim = AdamOptimizerFactory(lr=1e-3)
+    if algorithm == "reinforce":
+        trainer = Reinforce(policy=actor_policy, gamma=1.0, optim=optim)
+    else:
+        trainer = PPO(policy=actor_policy, critic=TimestepCritic(policy.sampler.num_train_timesteps), optim=optim, gamma=1.0, gae_lambda=1.0, ent_coef=0.0)
+    steps = 4 * 3 * 2  # two batches of whole episodes
+    collector = Collector(trainer, venv, VectorReplayBuffer(steps, len(venv)))
+    before = trainable(policy)
+    trainer.run_training(
+        OnPolicyTrainerParams(
+            training_collector=collector, max_epochs=1, epoch_num_steps=steps, collection_step_num_env_steps=steps,
+            batch_size=12, update_step_num_repetitions=1, test_step_num_episodes=0, show_progress=False, verbose=False,
+        )
+    )  # fmt: skip
+    assert changed(policy, before)
+
+    obs, _ = venv.reset()
+    with torch.no_grad():
+        out = actor_policy(Batch(obs=obs, info=Batch()))
+        tianshou_log_prob = out.dist.log_prob(out.act)
+        stacked = {key: np.stack([row[key] for row in obs]) for key in obs[0]}
+        ours = policy.log_prob(venv.envs.prompt_observation(stacked), out.act.reshape(4, *venv.sample_shape), reduce="sum")
+    torch.testing.assert_close(tianshou_log_prob, ours, rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="all its 4 episodes together"):
+        venv.step(np.zeros((2, venv.action_space.shape[0]), dtype=np.float32), env_id=[0, 1])
