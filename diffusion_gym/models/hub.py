@@ -8,6 +8,7 @@ there. When neither works, the error names the model and says how to provide it.
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
@@ -30,7 +31,7 @@ def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
 
 
 def load_offline_first(repo_id: str, load: Callable[[bool], T], how_to_provide: str) -> T:
-    """`load(local_files_only)` from the local cache, else from the hub if it can be reached.
+    """`load(local_files_only)` from a local folder or the local cache, else from the hub if it can be reached.
 
     Args:
         repo_id: the hub id, named in the error.
@@ -40,6 +41,8 @@ def load_offline_first(repo_id: str, load: Callable[[bool], T], how_to_provide: 
     Raises:
         ValueError: neither the cache nor the hub could provide `repo_id`.
     """
+    if Path(repo_id).is_dir():  # a local folder: nothing to ask the hub (its own errors come through)
+        return load(True)
     try:
         return load(True)
     except (OSError, ValueError):

@@ -106,8 +106,6 @@ def _load_clip(name: str):
         processor = AutoImageProcessor.from_pretrained(name, local_files_only=local_files_only)
         return processor, CLIPModel.from_pretrained(name, local_files_only=local_files_only)
 
-    if Path(name).is_dir():
-        return load(True)
     return load_offline_first(
         name, load, f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass clip_model='DIR'."
     )

@@ -14,7 +14,6 @@ tokens, special ones included, as in the package. Precision swaps the roles.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -97,8 +96,6 @@ def load_bertscorer(model: str = BERTSCORE_MODEL, layer: int = BERTSCORE_LAYER, 
         tokenizer = AutoTokenizer.from_pretrained(model, local_files_only=local_files_only)
         return BERTScorer(AutoModel.from_pretrained(model, local_files_only=local_files_only), tokenizer, layer, device)
 
-    if Path(model).is_dir():
-        return load(True)
     return load_offline_first(
         model, load, f"On a machine with hub access run `huggingface-cli download {model} --local-dir DIR` and pass bertscore_model='DIR'."
     )

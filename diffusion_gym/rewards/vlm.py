@@ -20,7 +20,6 @@ import json
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Callable, Literal
 
 import numpy as np
@@ -106,8 +105,6 @@ def _load_vlm(name: str, kind: str):
         processor = AutoProcessor.from_pretrained(name, local_files_only=local_files_only)
         return processor, model_class.from_pretrained(name, local_files_only=local_files_only)
 
-    if Path(name).is_dir():
-        return load(True)
     return load_offline_first(
         name,
         load,

@@ -56,3 +56,51 @@ def test_rwr_learns(weighting):
     envs, policy = make()
     config = RWRConfig(weighting=weighting, beta=100.0, percentile=75, learning_rate=1e-3, train_batch_size=8, num_updates=8)
     assert_learns(envs, policy, RWR(policy, config), epochs=5)
+
+
+def mean_kl_to_start(envs, policy) -> float:
+    """Mean per-step KL between the policy's and the starting model's Gaussians on fresh samples."""
+    from diffusion_gym.samplers import gaussian_kl
+
+    envs.reset(seed=99)
+    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(99))
+    index = torch.arange(len(batch))
+    kls = []
+    with torch.no_grad():
+        for step in range(batch.num_steps):
+            obs = batch.observation(index, step)
+            out = policy.forward(obs)
+            with policy.reference():
+                reference = policy.forward(obs)
+            kls.append(gaussian_kl(out.mean, reference.mean, out.std).mean().item())
+    return float(np.mean(kls))
+
+
+def test_the_kl_penalty_keeps_the_policy_closer_to_the_starting_model():
+    distances = {}
+    for kl_coef in (0.0, 1.0):
+        envs = make(num_envs=8)[0]  # a fresh model: make() enables full fine-tuning without a reference copy
+        policy = DiffusionPolicy.from_env(envs)
+        policy.enable_full_finetuning(keep_reference=True)
+        config = DDPOConfig(estimator="sf", learning_rate=1e-3, train_batch_size=8, per_prompt_min_count=4, kl_coef=kl_coef)
+        agent = DDPO(policy, config)
+        envs.reset(seed=0)
+        generator = torch.Generator().manual_seed(0)
+        for _ in range(3):
+            metrics = agent.update(collect(envs, policy, num_batches=1, generator=generator))
+        assert ("kl" in metrics) == (kl_coef > 0)  # the penalty's own KL is logged when it is on
+        distances[kl_coef] = mean_kl_to_start(envs, policy)
+    print(f"mean per-step KL to the starting model after 3 updates: {distances}")
+    assert 0 < distances[1.0] < 0.5 * distances[0.0], distances
+
+
+def test_grouped_prompts_repeat_each_prompt_within_a_batch():
+    envs, policy = make(num_envs=8)
+    envs.reset(seed=0)
+    batch = collect(envs, policy, num_batches=2, generator=torch.Generator().manual_seed(0), samples_per_prompt=4)
+    for start in (0, 8):
+        prompts = batch.prompts[start : start + 8]
+        assert prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
+    assert not torch.equal(batch.samples[0, -1], batch.samples[1, -1])  # same prompt, different noise
+    with pytest.raises(ValueError, match="must divide num_envs"):
+        collect(envs, policy, num_batches=1, samples_per_prompt=3)
