@@ -119,3 +119,14 @@ def test_embedded_alignment_is_high_on_true_renders_and_lower_on_shuffled_prompt
     # a caption that reads the image right scores 1 against its prompt
     right = np.array([a == p for a, p in zip(info["answers"], batch.prompts)])
     assert right.mean() > 0.9 and np.allclose(rewards[right], 1, atol=1e-5)
+
+
+def test_a_tiny_random_blip_captions_through_the_same_reward(tmp_path, bert):
+    from tests.rewards.tiny_models import tiny_blip
+
+    blip = tiny_blip(tmp_path / "blip")
+    reward_fn = make_reward("prompt_alignment", vlm=str(blip), vlm_kind="blip", bertscore_model=str(bert), bertscore_layer=2)
+    images = np.random.default_rng(0).integers(0, 256, size=(2, 20, 24, 3), dtype=np.uint8)
+    rewards, info = reward_fn(images, ["a cat riding a bike", "a dog"])
+    assert rewards.shape == (2,) and np.isfinite(rewards).all() and all(isinstance(a, str) for a in info["answers"])
+    assert TransformersVLM(str(blip), kind="blip").prompt("what?") is None  # a captioner is not asked the question
