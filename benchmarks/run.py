@@ -134,8 +134,10 @@ def cell_config(config: BenchConfig, task: str, algorithm: str, seed: int) -> Tr
     for nested in ("ddpo", "rwr"):  # nested dataclasses take dicts of their own fields
         if nested in overrides:
             overrides[nested] = dataclasses.replace(getattr(base, nested), **overrides[nested])
+    merged = dataclasses.replace(base, **overrides)
+    epochs = -(-config.budget // (merged.num_envs * merged.batches_per_epoch))  # enough for the budget (one process)
     return dataclasses.replace(
-        base, **overrides, env_id=task, seed=seed, max_reward_queries=config.budget, max_minutes=config.max_minutes, epochs=10**6,
+        merged, env_id=task, seed=seed, max_reward_queries=config.budget, max_minutes=config.max_minutes, epochs=epochs,
         output_dir=config.output_dir / "cells" / task / algorithm / f"seed{seed}", tensorboard=False,
     )  # fmt: skip
 
