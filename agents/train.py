@@ -124,6 +124,12 @@ class TrainConfig:
             self.rwr = dataclasses.replace(self.rwr, weighting=self.algorithm.split("-")[1])
 
 
+    def env_kwargs(self) -> dict:
+        """The env settings this run gives (the rest are the task's and the model's defaults)."""
+        settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps), ("guidance_scale", self.guidance_scale))
+        return {k: v for k, v in settings if v is not None}
+
+
 # ---------------------------------------------------------------- presets
 # The embedded model's LoRA reaches its convolutions too: its attention runs only at 8×8, so
 # adapters there alone cannot change fine texture, which is what JPEG size measures.
@@ -210,8 +216,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     device = config.device
     if device == "cuda" and is_distributed():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank()))}"  # one GPU per process
-    env_kwargs = {k: v for k, v in (("reward", config.reward), ("prompts", config.prompts), ("num_inference_steps", config.num_inference_steps), ("guidance_scale", config.guidance_scale)) if v is not None}
-    envs = gym.make_vec(config.env_id, num_envs=config.num_envs, model=config.model, device=device, dtype=config.dtype, array_type="torch", **env_kwargs)
+    envs = gym.make_vec(config.env_id, num_envs=config.num_envs, model=config.model, device=device, dtype=config.dtype, array_type="torch", **config.env_kwargs())
     policy = DiffusionPolicy.from_env(envs, reduce=config.log_prob_reduce)
     if config.finetuning == "lora":
         policy.enable_lora(rank=config.lora_rank, target_modules=config.lora_targets, seed=config.seed)  # the same adapters on every process

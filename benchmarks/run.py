@@ -146,8 +146,7 @@ class Evaluator:
     """Samples fixed prompts with fixed noise through the task's env and scores them."""
 
     def __init__(self, config: BenchConfig, train_config: TrainConfig, policy: DiffusionPolicy):
-        kwargs = {k: v for k, v in (("num_inference_steps", train_config.num_inference_steps), ("guidance_scale", train_config.guidance_scale), ("reward", train_config.reward)) if v is not None}
-        self.envs = gym.make_vec(train_config.env_id, num_envs=min(32, config.eval_prompts), model=policy.model, **kwargs)
+        self.envs = gym.make_vec(train_config.env_id, num_envs=min(32, config.eval_prompts), model=policy.model, **train_config.env_kwargs())
         self.splits = {"train": _spread(self.envs.unwrapped.prompts, config.eval_prompts)}
         if config.held_out_prompts:
             self.splits["held_out"] = _spread(load_prompts(config.held_out_prompts), config.eval_prompts)
@@ -219,8 +218,7 @@ def start_of_task(config: BenchConfig, task: str, out: Path) -> tuple[dict, dict
     if path.is_file() and images_path.is_file():
         return json.loads(path.read_text()), dict(np.load(images_path))
     train_config = cell_config(config, task, config.algorithms[0], 0)
-    env_kwargs = {k: v for k, v in (("num_inference_steps", train_config.num_inference_steps), ("guidance_scale", train_config.guidance_scale)) if v is not None}
-    envs = gym.make_vec(task, num_envs=1, model=train_config.model, device=train_config.device, dtype=train_config.dtype, **env_kwargs)
+    envs = gym.make_vec(task, num_envs=1, model=train_config.model, device=train_config.device, dtype=train_config.dtype, **train_config.env_kwargs())
     policy = DiffusionPolicy.from_env(envs)
     metrics, images = Evaluator(config, train_config, policy)(policy)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ class SB3VecEnv(VecEnv):
 
     def reset(self) -> dict:
         options = self._options[0] or None
-        obs, info = self.envs.reset(seed=self._seed, options=options)
+        obs, _ = self.envs.reset(seed=self._seed, options=options)
         self._seed, self._options = None, [{} for _ in range(self.num_envs)]
         self.reset_infos = [{} for _ in range(self.num_envs)]
         return obs
