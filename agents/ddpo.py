@@ -9,8 +9,10 @@
 The SF loss is written −A · exp(log π − stop_grad(log π)): its value is −A and its gradient
 −A ∇ log π, so at ρ = 1 both estimators give the same loss and the same gradient.
 The advantage A is the reward normalised per prompt (`PerPromptNormalizer`), the same for every
-step of an episode. An optional per-step KL penalty toward the starting model uses the closed
-form for two Gaussians with the same σ_t.
+step of an episode. Steps whose σ_t is tiny next to the episode's largest can be left out of
+training (`min_step_std_ratio`): the noise of their gradient grows as 1/σ_t. An optional
+per-step KL penalty toward the starting model uses the closed form for two Gaussians with the
+same σ_t.
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class DDPOConfig:
     """Rewards a prompt needs before its own statistics replace the batch's."""
     timestep_fraction: float = 1.0
     """Fraction of each episode's steps trained on (a random subset per sample)."""
+    min_step_std_ratio: float = 0.0
+    """Steps whose policy std σ_t is below this fraction of the episode's largest σ_t are never
+    trained on (0: every step is). A step's log-prob gradient is (ε/σ_t)·∂μ/∂θ: its noise grows
+    as 1/σ_t while its expected value does not, so a near-deterministic last step (σ ≈ 0.006
+    against 0.99 at the first of 10 DDIM steps) drowns the others."""
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
     kl_coef: float = 0.0
@@ -75,6 +82,7 @@ class DDPOConfig:
             (self.num_inner_epochs >= 1, "num_inner_epochs must be >= 1"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
             (0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}"),
+            (0 <= self.min_step_std_ratio <= 1, f"min_step_std_ratio must be in [0, 1], got {self.min_step_std_ratio}"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.mixed_precision in ("no", "bf16", "fp16"), f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
@@ -140,8 +148,9 @@ class DDPO:
         """One epoch of DDPO on `batch`; returns mean diagnostics (loss, approx_kl, clipfrac, kl, grad_norm)."""
         config, policy = self.config, self.policy
         advantages = self.advantages(batch)
-        num_samples, num_steps = len(batch), batch.num_steps
-        steps_trained = max(1, round(num_steps * config.timestep_fraction))
+        num_samples = len(batch)
+        trainable = self.trainable_steps(batch)
+        steps_trained = max(1, round(len(trainable) * config.timestep_fraction))
         minibatches_per_epoch = -(-num_samples // config.train_batch_size)
         accumulate = minibatches_per_epoch if config.estimator == "sf" else config.gradient_accumulation_steps
         inner_epochs = 1 if config.estimator == "sf" else config.num_inner_epochs
@@ -155,7 +164,7 @@ class DDPO:
         for _ in range(inner_epochs):
             order = torch.randperm(num_samples, generator=self.generator)
             # each sample trains on its own random subset of steps, in random order
-            step_order = torch.stack([torch.randperm(num_steps, generator=self.generator) for _ in range(num_samples)])[:, :steps_trained]
+            step_order = trainable[torch.stack([torch.randperm(len(trainable), generator=self.generator) for _ in range(num_samples)])[:, :steps_trained]]
             for m in range(minibatches_per_epoch):
                 index = order[m * config.train_batch_size : (m + 1) * config.train_batch_size]
                 for j in range(steps_trained):
@@ -178,6 +187,10 @@ class DDPO:
                 if (m + 1) % accumulate == 0 or m == minibatches_per_epoch - 1:
                     stats["grad_norm"].append(self._step())
         return {key: float(np.mean(values)) for key, values in stats.items() if values}
+
+    def trainable_steps(self, batch: Trajectories) -> torch.Tensor:
+        """Indices of the episode steps trained on: those whose σ_t >= min_step_std_ratio × the largest (every episode shares the schedule)."""
+        return torch.nonzero(self.policy.sampler.relative_std(batch.timesteps[0].cpu()) >= self.config.min_step_std_ratio).flatten()
 
     def _step(self) -> float:
         """Average gradients over processes, clip, step, zero; returns the pre-clip gradient norm."""

@@ -4,9 +4,11 @@
     python examples/sb3_ppo.py --rollouts 60 --output runs/sb3_ppo.jsonl
 
 PPO's policy is `DiffusionActorCriticPolicy`: the Gaussian of each denoising step comes from the
-`DiffusionPolicy` (LoRA adapters are what PPO trains), with a learned value per timestep; the
-settings from `ddpo_like_ppo_kwargs` (gamma 1, GAE lambda 1, whole episodes per rollout) make
-the update DDPO-IS's in spirit. Each rollout's mean terminal reward is printed and written as a
+`DiffusionPolicy` (LoRA adapters are what PPO trains), with a learned value per prompt (the
+baseline DDPO gets from per-prompt normalisation) and no gradient from near-deterministic steps
+(as `embedded-ddpo-is`); the settings from `ddpo_like_ppo_kwargs` (gamma 1, GAE lambda 1, whole
+episodes per rollout) make the update DDPO-IS's in spirit. Like the `embedded-*` presets it
+samples without guidance. Each rollout's mean terminal reward is printed and written as a
 JSON line against the number of reward queries (finished episodes).
 
 Memory: SB3's rollout buffer holds n_steps × num_envs observations and actions (x_t and x_{t-1},
@@ -60,6 +62,9 @@ def main() -> None:
     parser.add_argument("--env-id", default="DiffusionCompressibility-v0")
     parser.add_argument("--num-envs", type=int, default=16)
     parser.add_argument("--num-inference-steps", type=int, default=10)
+    parser.add_argument("--guidance-scale", type=float, default=1.0)
+    parser.add_argument("--value-head", choices=["zero", "timestep", "prompt"], default="prompt")
+    parser.add_argument("--min-step-std-ratio", type=float, default=0.2, help="steps with a smaller σ_t / max σ give no gradient")
     parser.add_argument("--episodes-per-rollout", type=int, default=4, help="episodes per env in one rollout")
     parser.add_argument("--rollouts", type=int, default=3)
     parser.add_argument("--learning-rate", type=float, default=1e-3)
@@ -67,7 +72,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON lines: reward against reward queries")
     args = parser.parse_args()
 
-    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, model="embedded", num_inference_steps=args.num_inference_steps)
+    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, model="embedded", num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
     vec_env = SB3VecEnv(envs)
     vec_env.seed(args.seed)
     diffusion = DiffusionPolicy.from_env(envs)
@@ -75,7 +80,8 @@ def main() -> None:
     kwargs = ddpo_like_ppo_kwargs(vec_env, episodes_per_rollout=args.episodes_per_rollout)
     model = PPO(
         DiffusionActorCriticPolicy, vec_env, learning_rate=args.learning_rate, seed=args.seed, device=diffusion.device,
-        policy_kwargs=dict(diffusion_policy=diffusion, prompts=vec_env.prompts, value_head="timestep"), **kwargs,
+        policy_kwargs=dict(diffusion_policy=diffusion, prompts=vec_env.prompts, value_head=args.value_head, min_step_std_ratio=args.min_step_std_ratio),
+        **kwargs,
     )  # fmt: skip
     buffer = model.rollout_buffer
     nbytes = sum(a.nbytes for a in buffer.observations.values()) + sum(a.nbytes for a in (buffer.actions, buffer.rewards, buffer.values, buffer.log_probs, buffer.advantages, buffer.returns))

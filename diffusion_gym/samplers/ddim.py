@@ -87,6 +87,11 @@ class DDIMSampler:
         variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
         return self.eta * variance**0.5
 
+    def relative_std(self, timestep: torch.Tensor) -> torch.Tensor:
+        """σ_t over the largest σ of an episode's steps, (B,) float32: how much a step explores next
+        to the noisiest. Agents may skip training on steps where it is tiny (`min_step_std_ratio`)."""
+        return self.std(timestep) / self.std(self.timesteps).max().to(torch.as_tensor(timestep).device)
+
     def step(
         self,
         model_output: torch.Tensor,

@@ -11,7 +11,8 @@ is the `DiffusionPolicy`'s denoising step.
 - Actions are x_{t-1} flattened to (C·H·W,), as SB3's Gaussian distributions expect; the mean
   and the fixed per-step std σ_t come from the DDIM step, so SB3's log-prob (a sum over the
   dimensions) is `DiffusionPolicy.log_prob` with reduce="sum".
-- The value head is zero (advantages are the returns) or one learned number per timestep.
+- The value head is zero (advantages are the returns), one learned number per timestep, or one
+  per prompt (the per-prompt baseline DDPO gets from its normaliser).
 - `ddpo_like_ppo_kwargs`: gamma 1, GAE lambda 1 and whole episodes per rollout, so that PPO's
   update is DDPO-IS's in spirit (every step's advantage is the episode's normalised reward).
 - Memory: SB3's rollout buffer holds `n_steps × num_envs` observations (x_t) and actions, each
@@ -107,7 +108,13 @@ class DiffusionActorCriticPolicy(ActorCriticPolicy):
     Args (through `policy_kwargs`):
         diffusion_policy: the policy, e.g. `DiffusionPolicy.from_env(envs)` with LoRA enabled.
         prompts: the env's prompt set (`SB3VecEnv.prompts`), to read prompt indices back.
-        value_head: "zero" (V = 0: advantages are the returns) or "timestep" (a learned V(t)).
+        value_head: "zero" (V = 0: advantages are the returns), "timestep" (a learned V(t)) or
+            "prompt" (a learned V(prompt), the baseline that removes how much the prompt alone
+            sets the reward, as DDPO's per-prompt normalisation does).
+        min_step_std_ratio: steps whose σ_t is below this fraction of the episode's largest give
+            no gradient (their log-probs keep their values; see `agents.ddpo.DDPOConfig`). With
+            PPO's summed log-probs, the last DDIM step (σ_t ≈ 0.006) otherwise dominates the
+            gradient norm with noise, and SB3 clips that norm.
     """
 
     def __init__(
@@ -117,11 +124,15 @@ class DiffusionActorCriticPolicy(ActorCriticPolicy):
         lr_schedule,
         diffusion_policy: DiffusionPolicy,
         prompts: Sequence[str],
-        value_head: Literal["zero", "timestep"] = "zero",
+        value_head: Literal["zero", "timestep", "prompt"] = "zero",
+        min_step_std_ratio: float = 0.0,
         **kwargs: Any,
     ):
-        if value_head not in ("zero", "timestep"):
-            raise ValueError(f"value_head must be 'zero' or 'timestep', got {value_head!r}.")
+        if value_head not in ("zero", "timestep", "prompt"):
+            raise ValueError(f"value_head must be 'zero', 'timestep' or 'prompt', got {value_head!r}.")
+        if not 0 <= min_step_std_ratio <= 1:
+            raise ValueError(f"min_step_std_ratio must be in [0, 1], got {min_step_std_ratio}.")
+        self.min_step_std_ratio = min_step_std_ratio
         self._setup = (diffusion_policy, list(prompts), value_head)  # read by _build, during super().__init__
         kwargs.setdefault("features_extractor_class", CombinedExtractor)  # has no parameters; unused
         super().__init__(observation_space, action_space, lr_schedule, **kwargs)
@@ -133,6 +144,9 @@ class DiffusionActorCriticPolicy(ActorCriticPolicy):
         if self.value_head == "timestep":
             self.values_per_timestep = nn.Embedding(self.diffusion.sampler.num_train_timesteps, 1)
             nn.init.zeros_(self.values_per_timestep.weight)
+        if self.value_head == "prompt":
+            self.values_per_prompt = nn.Embedding(len(self.prompts), 1)
+            nn.init.zeros_(self.values_per_prompt.weight)
         trainable = [p for p in self.parameters() if p.requires_grad]
         if not trainable:
             raise ValueError("The DiffusionPolicy has nothing to train: call enable_lora() or enable_full_finetuning() first.")
@@ -140,16 +154,20 @@ class DiffusionActorCriticPolicy(ActorCriticPolicy):
 
     def _distribution(self, obs: dict) -> DiagGaussianDistribution:
         indices = obs["prompt_index"].reshape(-1).long().tolist()
-        step = self.diffusion.forward(
-            {"prompt": [self.prompts[i] for i in indices], "timestep": obs["timestep"].reshape(-1).long(), "x_t": obs["x_t"]}
-        )
+        timestep = obs["timestep"].reshape(-1).long()
+        step = self.diffusion.forward({"prompt": [self.prompts[i] for i in indices], "timestep": timestep, "x_t": obs["x_t"]})
         mean = step.mean.flatten(1)
+        if self.min_step_std_ratio > 0:
+            quiet = self.diffusion.sampler.relative_std(timestep) < self.min_step_std_ratio
+            mean = torch.where(quiet.to(mean.device)[:, None], mean.detach(), mean)
         log_std = step.std.reshape(-1, 1).log().expand_as(mean)
         return self.action_dist.proba_distribution(mean, log_std)
 
     def _values(self, obs: dict) -> torch.Tensor:
         if self.value_head == "zero":
             return torch.zeros(obs["x_t"].shape[0], 1, device=obs["x_t"].device)
+        if self.value_head == "prompt":
+            return self.values_per_prompt(obs["prompt_index"].reshape(-1).long())
         return self.values_per_timestep(obs["timestep"].reshape(-1).long())
 
     def forward(self, obs: dict, deterministic: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

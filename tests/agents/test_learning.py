@@ -1,6 +1,8 @@
 """Each algorithm learns: on a small task the reward after training beats the starting reward by
 more than its noise (paired: the same prompts and initial noise before and after)."""
 
+import dataclasses
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -104,3 +106,30 @@ def test_grouped_prompts_repeat_each_prompt_within_a_batch():
     assert not torch.equal(batch.samples[0, -1], batch.samples[1, -1])  # same prompt, different noise
     with pytest.raises(ValueError, match="must divide num_envs"):
         collect(envs, policy, num_batches=1, samples_per_prompt=3)
+
+
+def test_steps_below_min_step_std_ratio_are_not_trained_on():
+    """With the last step (the smallest σ_t) excluded, corrupting its recorded log-probs changes nothing."""
+    envs, policy = make(num_envs=8)
+    envs.reset(seed=0)
+    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+    std = policy.sampler.std(batch.timesteps[0])
+    assert std[-1] < std[:-1].min()  # DDIM: σ_t shrinks to the last step
+    corrupted = dataclasses.replace(batch, log_probs=batch.log_probs.clone())
+    corrupted.log_probs[:, -1] += 1.0  # the old policy "was" far away on the last step only
+
+    def parameters_after_update(ratio, trajectories):
+        start = {k: v.clone() for k, v in policy.unet.state_dict().items()}
+        config = DDPOConfig(learning_rate=1e-3, train_batch_size=8, clip_range=0.2, per_prompt_min_count=4, min_step_std_ratio=ratio)
+        agent = DDPO(policy, config, generator=torch.Generator().manual_seed(0))
+        assert agent.trainable_steps(trajectories).tolist() == list(range(batch.num_steps - (ratio > 0)))
+        agent.update(trajectories)
+        after = torch.cat([p.detach().flatten().clone() for p in policy.trainable_parameters()])
+        policy.unet.load_state_dict(start)
+        return after
+
+    threshold = float(std[-1] + std[-2]) / 2 / float(std.max())
+    assert torch.equal(parameters_after_update(threshold, batch), parameters_after_update(threshold, corrupted))
+    assert not torch.equal(parameters_after_update(0.0, batch), parameters_after_update(0.0, corrupted))
+    with pytest.raises(ValueError, match="min_step_std_ratio must be in"):
+        DDPOConfig(min_step_std_ratio=1.5)

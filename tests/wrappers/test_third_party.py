@@ -48,7 +48,8 @@ def test_prompt_index_observations_and_bounds_that_never_clip_a_policy_sample():
         wrapped.reset(options={"prompts": ["a prompt from elsewhere"] * 8})
 
 
-def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours():
+@pytest.mark.parametrize("value_head", ["timestep", "prompt"])
+def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours(value_head):
     from stable_baselines3 import PPO
 
     from diffusion_gym.wrappers.sb3 import DiffusionActorCriticPolicy, SB3VecEnv, ddpo_like_ppo_kwargs
@@ -58,11 +59,12 @@ def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours():
     kwargs = ddpo_like_ppo_kwargs(vec_env, episodes_per_rollout=2)
     assert kwargs["n_steps"] == 6 and kwargs["gamma"] == 1.0 and kwargs["gae_lambda"] == 1.0
     model = PPO(DiffusionActorCriticPolicy, vec_env, learning_rate=1e-3, seed=0, device="cpu",
-                policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, value_head="timestep"), **kwargs)  # fmt: skip
+                policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, value_head=value_head), **kwargs)  # fmt: skip
     before = trainable(policy)
     model.learn(total_timesteps=2 * kwargs["n_steps"] * 4)
     assert changed(policy, before)
-    assert model.policy.values_per_timestep.weight.abs().sum() > 0  # the learned V(t) moved too
+    values = model.policy.values_per_timestep if value_head == "timestep" else model.policy.values_per_prompt
+    assert values.weight.abs().sum() > 0  # the learned V(t) or V(prompt) moved too
 
     obs = vec_env.reset()
     obs_tensor, _ = model.policy.obs_to_tensor(obs)
@@ -72,6 +74,38 @@ def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours():
         ours = policy.log_prob(vec_env.envs.prompt_observation(obs), actions.reshape(4, *vec_env.sample_shape), reduce="sum")
     torch.testing.assert_close(sb3_log_prob, ours, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(evaluated, ours, rtol=1e-5, atol=1e-3)
+
+
+def test_sb3_policy_gives_no_gradient_on_quiet_steps_and_keeps_their_log_prob():
+    from stable_baselines3 import PPO
+
+    from diffusion_gym.wrappers.sb3 import DiffusionActorCriticPolicy, SB3VecEnv, ddpo_like_ppo_kwargs
+
+    envs, policy = make(4)
+    vec_env = SB3VecEnv(envs)
+    relative = policy.sampler.relative_std(policy.sampler.timesteps)  # tiny-random-pixel, 3 steps: 1, 0.063, 0.032
+    ratio = float(relative[1] + relative[2]) / 2  # only the last step is quiet
+    models = {
+        r: PPO(DiffusionActorCriticPolicy, vec_env, seed=0, device="cpu", policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, min_step_std_ratio=r),
+               **ddpo_like_ppo_kwargs(vec_env))
+        for r in (0.0, ratio)
+    }  # fmt: skip
+    obs = vec_env.reset()
+    for step in range(3):
+        obs_tensor, _ = models[0.0].policy.obs_to_tensor(obs)
+        actions = torch.as_tensor(np.stack([vec_env.envs.single_action_space.sample() for _ in range(4)])).flatten(1) * 0.01
+        grads, log_probs = {}, {}
+        for r, model in models.items():
+            policy.unet.zero_grad()
+            _, log_probs[r], _ = model.policy.evaluate_actions(obs_tensor, actions)
+            log_probs[r].sum().backward()
+            grads[r] = sum(float(p.grad.abs().sum()) for p in policy.trainable_parameters() if p.grad is not None)
+        torch.testing.assert_close(log_probs[ratio], log_probs[0.0])  # values unchanged
+        assert grads[0.0] > 0
+        assert (grads[ratio] == 0) == (step == 2), (step, grads)
+        obs, _, _, _ = vec_env.step(actions.numpy())
+    with pytest.raises(ValueError, match="min_step_std_ratio"):
+        PPO(DiffusionActorCriticPolicy, vec_env, policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, min_step_std_ratio=2.0), **ddpo_like_ppo_kwargs(vec_env))
 
 
 @pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
