@@ -1,11 +1,12 @@
 """The benchmark runner on a one-cell, tiny-budget grid: the files it writes and their numbers."""
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
-from benchmarks.run import PRESETS, BenchConfig, run
+from benchmarks.run import PRESETS, VARIANTS, BenchConfig, cell_config, run
 
 TINY_TRAIN = {"num_envs": 4, "batches_per_epoch": 1, "samples_per_prompt": 2, "num_inference_steps": 3, "ddpo": {"per_prompt_min_count": 2, "train_batch_size": 4}}
 
@@ -51,3 +52,14 @@ def test_bad_grids_are_refused():
     with pytest.raises(ValueError, match="Unknown tasks"):
         BenchConfig(tasks=("DiffusionNope-v0",))
     assert set(PRESETS) == {"quick", "agents", "cpu", "paper"}
+
+
+def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
+    config = BenchConfig(algorithms=("ddpo-is", "ddpo-is-kl"), train={"ddpo": {"clip_range": 5e-3}})
+    plain = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is", 1)
+    kl = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is-kl", 1)
+    assert kl.algorithm == "ddpo-is" and kl.ddpo.estimator == "is"
+    assert plain.ddpo.kl_coef == 0 and kl.ddpo.kl_coef == VARIANTS["ddpo-is-kl"][1]["ddpo"]["kl_coef"] > 0
+    assert kl.ddpo.clip_range == plain.ddpo.clip_range == 5e-3  # the grid's overrides reach the variant too
+    assert dataclasses.replace(kl.ddpo, kl_coef=0.0) == plain.ddpo
+    assert kl.output_dir.parts[-2:] == ("ddpo-is-kl", "seed1") and plain.output_dir.parts[-2:] == ("ddpo-is", "seed1")
