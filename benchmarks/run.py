@@ -1,7 +1,7 @@
 """`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
 
     diffusion-gym-bench quick                      # embedded model, 2 tasks × 4 algorithms, <= 10 min on 2 cores
-    diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 3 seeds (hours on 2 cores)
+    diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 5 algorithms, 3 seeds (~100 min on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
 
