@@ -138,8 +138,8 @@ def cell_config(config: BenchConfig, task: str, algorithm: str, seed: int) -> Tr
     """The training run of a cell: the preset, the bench's overrides, the variant's, the task, seed and budget."""
     algorithm_of_preset, variant_overrides = VARIANTS.get(algorithm, (algorithm, {}))
     merged = (embedded_preset if config.preset == "embedded" else paper_preset)(algorithm_of_preset)
-    for overrides in (config.train, variant_overrides):
-        overrides = dict(overrides)
+    for given in (config.train, variant_overrides):
+        overrides = dict(given)
         for nested in ("ddpo", "rwr"):  # nested dataclasses take dicts of their own fields
             if nested in overrides:
                 overrides[nested] = dataclasses.replace(getattr(merged, nested), **overrides[nested])
