@@ -98,11 +98,7 @@ def collect(
     parts, pending = [], []
     with ThreadPoolExecutor(max_workers=1) if overlap_rewards else nullcontext() as pool, base.deferred_rewards() if overlap_rewards else nullcontext():
         for _ in range(num_batches):
-            options = None
-            if samples_per_prompt > 1:
-                chosen = base.np_random.choice(len(base.prompts), size=envs.num_envs // samples_per_prompt)
-                options = {"prompts": [base.prompts[i] for i in chosen for _ in range(samples_per_prompt)]}
-            obs, _ = envs.reset(options=options)
+            obs, _ = envs.reset(options={"prompts": base.grouped_prompts(samples_per_prompt)} if samples_per_prompt > 1 else None)
             prompts = list(obs["prompt"])
             timesteps, samples, log_probs = [], [obs["x_t"]], []
             while True:

@@ -190,6 +190,15 @@ class DiffusionVectorEnv(VectorEnv):
                 x0 = self._render_policy(self._observation()).pred_original_sample
         return tuple(self.model.decode(x0))
 
+    def grouped_prompts(self, samples_per_prompt: int) -> list[str]:
+        """num_envs prompts for `reset(options={"prompts": ...})`: num_envs / k prompts drawn with
+        the env's RNG, each k times in a row, so that a batch holds k samples of each prompt (the
+        per-prompt reward statistics of DDPO come from one batch)."""
+        if samples_per_prompt < 1 or self.num_envs % samples_per_prompt:
+            raise ValueError(f"samples_per_prompt must divide num_envs = {self.num_envs}, got {samples_per_prompt}.")
+        chosen = self.np_random.choice(len(self.prompts), size=self.num_envs // samples_per_prompt)
+        return [self.prompts[i] for i in chosen for _ in range(samples_per_prompt)]
+
     # ---------------------------------------------------------------- internals
     @property
     def _episode_over(self) -> bool:
