@@ -59,10 +59,6 @@ class DDPOConfig:
     """Rewards kept per prompt for its statistics."""
     per_prompt_min_count: int = 16
     """Rewards a prompt needs before its own statistics replace the batch's."""
-    advantage_std: bool = True
-    """Divide advantages by their prompt's reward std (ddpo-pytorch). False: subtract the mean
-    only, so that a prompt whose samples all score alike gives a small advantage instead of its
-    noise scaled up to unit size (Dr. GRPO's remedy); `adv_clip_max` is then in reward units."""
     timestep_fraction: float = 1.0
     """Fraction of each episode's steps trained on (a random subset per sample)."""
     min_step_std_ratio: float = 0.0
@@ -138,7 +134,7 @@ class DDPO:
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
         )
-        self.normalizer = PerPromptNormalizer(config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max, divide_by_std=config.advantage_std)
+        self.normalizer = PerPromptNormalizer(config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max)
         self.generator = generator or torch.Generator().manual_seed(0)
         self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
 

@@ -3,10 +3,6 @@
 Each prompt keeps a running buffer of its most recent rewards. A reward's advantage is
 (r − mean) / (std + eps) with the mean and std of its prompt's buffer, or of the whole batch
 while the prompt has fewer than `min_count` rewards; it is then clipped to ±clip.
-
-With `divide_by_std=False` the advantage is r − mean, in the reward's own units (Dr. GRPO's
-remedy, Liu et al. 2025): dividing by the std blows up the noise of a prompt whose samples all
-score alike, which is where a policy that has converged on one image ends up.
 """
 
 from __future__ import annotations
@@ -25,16 +21,14 @@ class PerPromptNormalizer:
         min_count: rewards a prompt needs before its own statistics are used.
         clip: advantages are clipped to [-clip, clip].
         eps: added to the std.
-        divide_by_std: False: advantages are r − mean, not divided by the std.
     """
 
-    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6, divide_by_std: bool = True):
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6):
         if buffer_size < 1 or not 1 <= min_count <= buffer_size:
             raise ValueError(f"Need buffer_size >= 1 and 1 <= min_count <= buffer_size, got {buffer_size}, {min_count}.")
         if clip <= 0:
             raise ValueError(f"clip must be > 0, got {clip}")
         self.buffer_size, self.min_count, self.clip, self.eps = buffer_size, min_count, clip, eps
-        self.divide_by_std = divide_by_std
         self.buffers: dict[str, deque] = {}
 
     def __call__(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
@@ -49,7 +43,7 @@ class PerPromptNormalizer:
         for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
             buffer = self.buffers[prompt]
             mean, std = (np.mean(buffer), np.std(buffer)) if len(buffer) >= self.min_count else (batch_mean, batch_std)
-            advantages[i] = (reward - mean) / (std + self.eps) if self.divide_by_std else reward - mean
+            advantages[i] = (reward - mean) / (std + self.eps)
         return np.clip(advantages, -self.clip, self.clip)
 
     def state_dict(self) -> dict:
