@@ -12,7 +12,10 @@ is the `DiffusionPolicy`'s denoising step.
   and the fixed per-step std σ_t come from the DDIM step, so SB3's log-prob (a sum over the
   dimensions) is `DiffusionPolicy.log_prob` with reduce="sum".
 - The value head is zero (advantages are the returns), one learned number per timestep, or one
-  per prompt (the per-prompt baseline DDPO gets from its normaliser).
+  per prompt (a learned stand-in for the baseline DDPO gets from its normaliser).
+- DDPO's own advantages: `SB3VecEnv(envs, samples_per_prompt=8, reward_normalizer=
+  PerPromptNormalizer(...))` draws each batch as num_envs / 8 prompts × 8 and hands PPO each
+  terminal reward normalised by its prompt's statistics.
 - `ddpo_like_ppo_kwargs`: gamma 1, GAE lambda 1 and whole episodes per rollout, so that PPO's
   update is DDPO-IS's in spirit (every step's advantage is the episode's normalised reward).
 - Memory: SB3's rollout buffer holds `n_steps × num_envs` observations (x_t) and actions, each
@@ -22,7 +25,7 @@ is the `DiffusionPolicy`'s denoising step.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import numpy as np
 import torch
@@ -43,22 +46,46 @@ class SB3VecEnv(VecEnv):
 
     All episodes of the batch start and end together, so the reset after a terminal step is the
     whole batch's.
+
+    Args:
+        envs: the diffusion vector env.
+        samples_per_prompt: 1: every episode draws its own prompt; k > 1: every batch of episodes
+            holds num_envs / k prompts k times each (`DiffusionVectorEnv.grouped_prompts`), as
+            DDPO samples.
+        reward_normalizer: if given, `(prompts, rewards) -> rewards` applied to each batch's
+            terminal rewards, e.g. `agents.normalizer.PerPromptNormalizer`: PPO then sees DDPO's
+            per-prompt advantages as its rewards. The rewards before it are in
+            `infos[i]["unnormalized_reward"]`.
     """
 
-    def __init__(self, envs):
+    def __init__(self, envs, samples_per_prompt: int = 1, reward_normalizer: Callable[[list[str], np.ndarray], np.ndarray] | None = None):
         self.envs = envs if isinstance(envs, PromptIndexObservation) else PromptIndexObservation(envs)
         self.prompts = self.envs.prompts
+        if samples_per_prompt < 1 or self.envs.num_envs % samples_per_prompt:
+            raise ValueError(f"samples_per_prompt must divide num_envs = {self.envs.num_envs}, got {samples_per_prompt}.")
+        self.samples_per_prompt, self.reward_normalizer = samples_per_prompt, reward_normalizer
         self.sample_shape = self.envs.single_action_space.shape
         flat = Box(-ACTION_BOUND, ACTION_BOUND, shape=(int(np.prod(self.sample_shape)),), dtype=np.float32)
         self._seed: int | None = None
         self._actions: np.ndarray | None = None
+        self._episode_prompts: list[str] = []
         super().__init__(self.envs.num_envs, self.envs.single_observation_space, flat)
 
     def reset(self) -> dict:
-        options = self._options[0] or None
-        obs, _ = self.envs.reset(seed=self._seed, options=options)
+        obs = self._start(seed=self._seed, options=self._options[0] or None)
         self._seed, self._options = None, [{} for _ in range(self.num_envs)]
         self.reset_infos = [{} for _ in range(self.num_envs)]
+        return obs
+
+    def _start(self, seed: int | None = None, options: dict | None = None) -> dict:
+        """Reset the batch (the prompts grouped when asked and not given) and remember its prompts."""
+        if options is None and self.samples_per_prompt > 1:
+            if seed is not None:  # seed first, so that the grouped prompts come from the seeded RNG
+                self.envs.reset(seed=seed)
+                seed = None
+            options = {"prompts": self.envs.unwrapped.grouped_prompts(self.samples_per_prompt)}
+        obs, _ = self.envs.reset(seed=seed, options=options)
+        self._episode_prompts = [self.prompts[i] for i in np.asarray(obs["prompt_index"]).reshape(-1)]
         return obs
 
     def seed(self, seed: int | None = None) -> Sequence[None]:
@@ -73,11 +100,15 @@ class SB3VecEnv(VecEnv):
         dones = terminated | truncated
         infos: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
         if dones.all():
+            unnormalized = np.asarray(rewards, dtype=np.float64)
+            if self.reward_normalizer is not None:
+                rewards = np.asarray(self.reward_normalizer(self._episode_prompts, unnormalized))
             for i in range(self.num_envs):
                 infos[i]["terminal_observation"] = {key: value[i] for key, value in obs.items()}
                 infos[i]["TimeLimit.truncated"] = bool(truncated[i] and not terminated[i])
                 infos[i]["reward_info"] = {key: value[i] for key, value in info.get("reward_info", {}).items() if hasattr(value, "__len__")}
-            obs, _ = self.envs.reset()
+                infos[i]["unnormalized_reward"] = float(unnormalized[i])
+            obs = self._start()
         return obs, rewards.astype(np.float32), dones, infos
 
     def close(self) -> None:

@@ -108,6 +108,38 @@ def test_sb3_policy_gives_no_gradient_on_quiet_steps_and_keeps_their_log_prob():
         PPO(DiffusionActorCriticPolicy, vec_env, policy_kwargs=dict(diffusion_policy=policy, prompts=vec_env.prompts, min_step_std_ratio=2.0), **ddpo_like_ppo_kwargs(vec_env))
 
 
+def test_sb3_env_groups_prompts_and_hands_ppo_per_prompt_normalised_rewards():
+    from agents.normalizer import PerPromptNormalizer
+    from diffusion_gym.rewards.jpeg import jpeg_size_kb
+    from diffusion_gym.wrappers.sb3 import SB3VecEnv
+
+    envs, policy = make(8)
+    vec_env = SB3VecEnv(envs, samples_per_prompt=2, reward_normalizer=PerPromptNormalizer(buffer_size=8, min_count=2))
+    vec_env.seed(0)
+    obs = vec_env.reset()
+    generator = torch.Generator().manual_seed(0)
+    for episode in range(2):
+        indices = obs["prompt_index"].reshape(-1)
+        assert np.array_equal(indices[0::2], indices[1::2])  # 4 prompts, 2 samples each
+        for step in range(3):
+            action, _ = policy.act(vec_env.envs.prompt_observation(obs), generator=generator)
+            obs, rewards, dones, infos = vec_env.step(action.reshape(8, -1))
+            if step < 2:
+                assert not dones.any() and np.all(rewards == 0)
+        assert dones.all()
+        raw = np.array([info["unnormalized_reward"] for info in infos])
+        final = torch.as_tensor(np.stack([info["terminal_observation"]["x_t"] for info in infos]))
+        np.testing.assert_allclose(raw, -jpeg_size_kb(policy.model.decode(final)))  # the env's reward, -kB
+        if episode == 0:  # each prompt's first two rewards: normalised by their own mean and std, by hand
+            for pair in range(4):
+                if indices[2 * pair] in indices[: 2 * pair]:
+                    continue  # drawn twice in this batch: four rewards in its statistics
+                two = raw[2 * pair : 2 * pair + 2]
+                np.testing.assert_allclose(rewards[2 * pair : 2 * pair + 2], (two - two.mean()) / (two.std() + 1e-6), rtol=1e-5)
+    with pytest.raises(ValueError, match="samples_per_prompt"):
+        SB3VecEnv(envs, samples_per_prompt=3)
+
+
 @pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
 def test_tianshou_trains_the_policy_and_its_log_prob_is_ours(algorithm):
     from tianshou.algorithm.modelfree.ppo import PPO
