@@ -1,4 +1,4 @@
-"""How far can compressibility go on the embedded model? The JPEG sizes that bound it.
+"""How far can compressibility go on the embedded model? Reference JPEG sizes to judge a run by.
 
 A policy trained for compressibility on the embedded model learns to draw a uniform image
 (`benchmarks/RESULTS.md`). What JPEG size is left then depends on the sampler's last steps:
@@ -41,7 +41,7 @@ from diffusion_gym.rewards.jpeg import jpeg_size_kb
 
 @dataclass
 class FloorConfig:
-    """JPEG sizes that bound compressibility on the embedded model."""
+    """Reference JPEG sizes for compressibility on the embedded model."""
 
     num_inference_steps: int = 10
     """Sampler steps (the `embedded-*` presets: 10)."""

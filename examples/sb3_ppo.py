@@ -10,8 +10,9 @@ hands PPO each terminal reward normalised by its prompt's statistics (DDPO's adv
 value head is zero by default (`--value-head prompt` learns V(prompt) instead, with
 `--no-per-prompt-rewards`: PPO on the raw rewards). The settings from `ddpo_like_ppo_kwargs`
 (gamma 1, GAE lambda 1, whole episodes per rollout) make the update DDPO-IS's in spirit. Like
-the `embedded-*` presets it samples without guidance. Each rollout's mean terminal reward is printed and written as a
-JSON line against the number of reward queries (finished episodes).
+the `embedded-*` presets it samples without guidance. Each rollout's mean terminal reward (the
+env's, before normalisation) is printed and written as a JSON line against the number of
+reward queries (finished episodes).
 
 Memory: SB3's rollout buffer holds n_steps × num_envs observations and actions (x_t and x_{t-1},
 3×32×32 float32 each for the embedded model, 24.6 kB per step and env); it is allocated once,
