@@ -26,7 +26,7 @@ import torch
 
 from agents.buffer import Trajectories
 from agents.distributed import average_gradients, gather_prompts_and_rewards
-from agents.normalizer import PerPromptNormalizer
+from agents.normalizer import PerPromptNormalizer, within_prompt_std
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.samplers import gaussian_kl
 
@@ -59,6 +59,10 @@ class DDPOConfig:
     """Rewards kept per prompt for its statistics."""
     per_prompt_min_count: int = 16
     """Rewards a prompt needs before its own statistics replace the batch's."""
+    per_prompt_std_floor: float = 0.0
+    """The std that advantages are divided by is never below this (reward units; 0: the paper's
+    normaliser). It keeps a prompt whose samples score almost alike from having its noise scaled
+    up to unit advantages (see `agents.normalizer`)."""
     timestep_fraction: float = 1.0
     """Fraction of each episode's steps trained on (a random subset per sample)."""
     min_step_std_ratio: float = 0.0
@@ -81,6 +85,7 @@ class DDPOConfig:
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.num_inner_epochs >= 1, "num_inner_epochs must be >= 1"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
+            (self.per_prompt_std_floor >= 0, f"per_prompt_std_floor must be >= 0, got {self.per_prompt_std_floor}"),
             (0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}"),
             (0 <= self.min_step_std_ratio <= 1, f"min_step_std_ratio must be in [0, 1], got {self.min_step_std_ratio}"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
@@ -134,7 +139,9 @@ class DDPO:
         self.optimizer = torch.optim.AdamW(
             self.parameters, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
         )
-        self.normalizer = PerPromptNormalizer(config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max)
+        self.normalizer = PerPromptNormalizer(
+            config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max, std_floor=config.per_prompt_std_floor
+        )
         self.generator = generator or torch.Generator().manual_seed(0)
         self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
 
@@ -145,7 +152,8 @@ class DDPO:
         return torch.as_tensor(advantages, dtype=torch.float32, device=batch.samples.device)
 
     def update(self, batch: Trajectories) -> dict[str, float]:
-        """One epoch of DDPO on `batch`; returns mean diagnostics (loss, approx_kl, clipfrac, kl, grad_norm)."""
+        """One epoch of DDPO on `batch`; returns mean diagnostics (loss, approx_kl, clipfrac, kl,
+        grad_norm), the mean |advantage| and the within-prompt reward std of this process's batch."""
         config, policy = self.config, self.policy
         advantages = self.advantages(batch)
         num_samples = len(batch)
@@ -186,7 +194,9 @@ class DDPO:
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 if (m + 1) % accumulate == 0 or m == minibatches_per_epoch - 1:
                     stats["grad_norm"].append(self._step())
-        return {key: float(np.mean(values)) for key, values in stats.items() if values}
+        means = {key: float(np.mean(values)) for key, values in stats.items() if values}
+        spread = within_prompt_std(batch.prompts, batch.rewards.cpu().numpy())
+        return {"advantage_abs": advantages.abs().mean().item(), "reward_std_within_prompt": spread, **means}
 
     def trainable_steps(self, batch: Trajectories) -> torch.Tensor:
         """Indices of the episode steps trained on: those whose σ_t >= min_step_std_ratio × the largest (every episode shares the schedule)."""

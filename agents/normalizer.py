@@ -1,8 +1,15 @@
 """Per-prompt reward normalisation: the advantage estimate of DDPO.
 
 Each prompt keeps a running buffer of its most recent rewards. A reward's advantage is
-(r − mean) / (std + eps) with the mean and std of its prompt's buffer, or of the whole batch
-while the prompt has fewer than `min_count` rewards; it is then clipped to ±clip.
+(r − mean) / (max(std, std_floor) + eps) with the mean and std of its prompt's buffer, or of the
+whole batch while the prompt has fewer than `min_count` rewards; it is then clipped to ±clip.
+
+`std_floor` (in reward units; 0 is the paper's normaliser) matters once a prompt's samples score
+almost alike. Dividing by their tiny std turns reward differences that are mostly noise into
+unit-sized advantages, and a policy trained on them drifts: DDPO-IS on the embedded model's
+compressibility collapsed this way (`benchmarks/README.md`). With a floor, such a prompt's
+advantages shrink with its spread instead; a very large floor amounts to subtracting the mean
+only, as Dr. GRPO (Liu et al., 2025) does.
 """
 
 from __future__ import annotations
@@ -13,6 +20,16 @@ from typing import Sequence
 import numpy as np
 
 
+def within_prompt_std(prompts: Sequence[str], rewards: np.ndarray) -> float:
+    """The mean over a batch's prompts of the std of that prompt's rewards in the batch (prompts
+    drawn once count as 0): how far apart a prompt's samples score, which the normaliser divides by."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    groups: dict[str, list[float]] = {}
+    for prompt, reward in zip(prompts, rewards):
+        groups.setdefault(prompt, []).append(reward)
+    return float(np.mean([np.std(values) for values in groups.values()]))
+
+
 class PerPromptNormalizer:
     """Running per-prompt reward statistics.
 
@@ -21,14 +38,17 @@ class PerPromptNormalizer:
         min_count: rewards a prompt needs before its own statistics are used.
         clip: advantages are clipped to [-clip, clip].
         eps: added to the std.
+        std_floor: the std is never taken below this (reward units).
     """
 
-    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6):
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6, std_floor: float = 0.0):
         if buffer_size < 1 or not 1 <= min_count <= buffer_size:
             raise ValueError(f"Need buffer_size >= 1 and 1 <= min_count <= buffer_size, got {buffer_size}, {min_count}.")
         if clip <= 0:
             raise ValueError(f"clip must be > 0, got {clip}")
-        self.buffer_size, self.min_count, self.clip, self.eps = buffer_size, min_count, clip, eps
+        if not std_floor >= 0:
+            raise ValueError(f"std_floor must be >= 0, got {std_floor}")
+        self.buffer_size, self.min_count, self.clip, self.eps, self.std_floor = buffer_size, min_count, clip, eps, std_floor
         self.buffers: dict[str, deque] = {}
 
     def __call__(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
@@ -43,7 +63,7 @@ class PerPromptNormalizer:
         for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
             buffer = self.buffers[prompt]
             mean, std = (np.mean(buffer), np.std(buffer)) if len(buffer) >= self.min_count else (batch_mean, batch_std)
-            advantages[i] = (reward - mean) / (std + self.eps)
+            advantages[i] = (reward - mean) / (max(std, self.std_floor) + self.eps)
         return np.clip(advantages, -self.clip, self.clip)
 
     def state_dict(self) -> dict:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from agents.ddpo import DDPOConfig, ddpo_loss
-from agents.normalizer import PerPromptNormalizer
+from agents.normalizer import PerPromptNormalizer, within_prompt_std
 from agents.rwr import RWRConfig, rwr_weights
 
 
@@ -72,6 +72,25 @@ def test_per_prompt_normalizer_matches_a_hand_computation():
     assert list(normalizer.buffers["a"]) == [3.0, 5.0, 100.0]
     clipped = PerPromptNormalizer(buffer_size=4, min_count=4, clip=1.0)(["x"] * 4, np.array([0.0, 0.0, 0.0, 10.0]))
     assert clipped.max() == 1.0
+
+
+def test_the_std_floor_keeps_near_identical_rewards_from_unit_advantages():
+    rewards = np.array([1.00, 1.01, 0.99, 1.00])  # std 0.00707: the paper's normaliser gives ±1.41
+    plain = PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0)(["p"] * 4, rewards)
+    np.testing.assert_allclose(plain, (rewards - 1.0) / np.std(rewards))
+    floored = PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0, std_floor=0.1)(["p"] * 4, rewards)
+    np.testing.assert_allclose(floored, (rewards - 1.0) / 0.1)  # [0, 0.1, -0.1, 0]
+    spread = np.array([0.0, 1.0, 2.0, 3.0])  # std 1.118 > floor: unchanged
+    np.testing.assert_allclose(
+        PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0, std_floor=0.1)(["q"] * 4, spread), (spread - 1.5) / np.std(spread)
+    )
+    # the diagnostic logged beside it: per-prompt stds 0.00707 and 1.118, averaged
+    both = within_prompt_std(["p"] * 4 + ["q"] * 4, np.concatenate([rewards, spread]))
+    np.testing.assert_allclose(both, (np.std(rewards) + np.std(spread)) / 2)
+    with pytest.raises(ValueError, match="std_floor"):
+        PerPromptNormalizer(std_floor=-1.0)
+    with pytest.raises(ValueError, match="per_prompt_std_floor"):
+        DDPOConfig(per_prompt_std_floor=-0.1)
 
 
 def test_bad_configs_fail_at_start_with_a_reason():
