@@ -11,11 +11,14 @@ measures, on the benchmark's evaluation prompts:
 - `ground truth`: the world's own renders of those prompts, and the same objects on flat
   backgrounds (the cleanest image that still shows the prompt's object);
 - `uniform`: a perfectly uniform image (the JPEG header and one flat block per 8×8 tile);
-- `last k steps untrained`: uniform images noised to the level of the k-th step from the end
-  and finished by the starting model's last k steps (the env's sampler, eta 1): what a policy
-  that draws perfect uniform images everywhere it is trained would end at. The trained policy
-  shares its LoRA weights between steps, so this is an estimate of where DDPO levels off, not a
-  bound.
+- `last k steps untrained`: uniform images in the world's background colours, noised to the
+  level of the k-th step from the end and finished by the starting model's last k steps (the
+  env's sampler, eta 1): what a policy that draws perfect uniform images everywhere it is
+  trained would end at. The trained policy shares its LoRA weights between steps, so this is an
+  estimate of where DDPO levels off, not a bound;
+- `black, last k steps untrained`: the same from a black image. Its residue is clipped at 0
+  wherever it would go below, so about half of it is gone: a policy that learns to draw black
+  goes lower than one that draws the muted background colours.
 
     python -m benchmarks.compressibility_floor
     python -m benchmarks.compressibility_floor --num-inference-steps 20
@@ -92,10 +95,11 @@ def floor(config: FloorConfig) -> dict[str, float]:
     uniform = _uniform_images(len(prompts))
     figures["uniform"] = kb(uniform)
     alphas = sampler.scheduler.alphas_cumprod
-    for k in range(1, min(4, len(timesteps)) + 1):
-        first = timesteps[len(timesteps) - k]
-        noised = alphas[first].sqrt() * uniform + (1 - alphas[first]).sqrt() * torch.randn(uniform.shape, generator=generator)
-        figures[f"last {k} steps untrained"] = kb(_finish(policy, noised, timesteps[len(timesteps) - k :], prompts, generator))
+    for name, images in (("", uniform), ("black, ", -torch.ones_like(uniform))):
+        for k in range(1, min(4, len(timesteps)) + 1):
+            first = timesteps[len(timesteps) - k]
+            noised = alphas[first].sqrt() * images + (1 - alphas[first]).sqrt() * torch.randn(images.shape, generator=generator)
+            figures[f"{name}last {k} steps untrained"] = kb(_finish(policy, noised, timesteps[len(timesteps) - k :], prompts, generator))
 
     relative = sampler.relative_std(timesteps)
     untrained = int((relative < config.min_step_std_ratio).sum())
@@ -103,7 +107,7 @@ def floor(config: FloorConfig) -> dict[str, float]:
     print(f"min_step_std_ratio {config.min_step_std_ratio}: the last {untrained} steps get no gradient\n")
     print("| images | mean JPEG (kB) | change from start |\n|---|---|---|")
     for name, value in figures.items():
-        mark = "  ← this ratio's level" if name == f"last {untrained} steps untrained" else ""
+        mark = "  ← this ratio's level" if name.endswith(f"last {untrained} steps untrained") else ""
         print(f"| {name} | {value:.3f} | {value / figures['start'] - 1:+.1%} |{mark}")
     if config.output:
         config.output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,9 @@ def test_the_floor_figures_are_the_jpeg_sizes_of_their_images(tmp_path, capsys):
     # finishing from a uniform image adds the last steps' residue, more with every step left to them
     untrained = [figures[f"last {k} steps untrained"] for k in (1, 2, 3, 4)]
     assert figures["uniform"] < untrained[0] < untrained[1] < untrained[2] < untrained[3]
+    # from black the residue is clipped at 0 where it goes below: less is left than from the muted colours
+    black = [figures[f"black, last {k} steps untrained"] for k in (1, 2, 3, 4)]
+    assert all(b < u for b, u in zip(black, untrained))
     assert figures["ground truth, flat backgrounds"] < figures["ground truth"]
     assert "the last 2 steps get no gradient" in capsys.readouterr().out  # 10 steps, ratio 0.2: σ 0.146 and 0.007
     assert (tmp_path / "floor.json").is_file()
