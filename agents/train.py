@@ -144,8 +144,8 @@ def embedded_preset(algorithm: str) -> TrainConfig:
 
     DDPO: 2 passes over each batch on half the steps for IS (8 optimizer steps an epoch for the
     cost of 4 full ones) at lr 5e-4, SF one step an epoch at lr 2e-3 (IS at 2e-3 learns as fast
-    for 1300 queries, then its near-identical samples make noise advantages and it collapses to
-    noise images by 5000; at 5e-4 that can still happen, later: from ~5000 queries); steps with
+    for 1300 queries, then turns and draws noise images by 5000; at 5e-4 that can still happen,
+    later: from ~5000 queries; `benchmarks/README.md` has the runs); steps with
     σ_t below a fifth of the first step's are not trained on (at 10 steps the last two, σ_t =
     0.14 and 0.006), and the clip range is 1e-3. RWR: 4 updates
     of 32 an iteration at lr 1e-4, β = 10 (the paper's 0.2 is for rewards in kB of 512×512
