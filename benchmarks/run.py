@@ -1,6 +1,8 @@
 """`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
 
     diffusion-gym-bench quick                      # embedded model, 2 tasks × 4 algorithms, <= 10 min on 2 cores
+    diffusion-gym-bench agents                     # embedded model, compressibility, 4 algorithms, 30 min each (2 hours)
+    diffusion-gym-bench agents-20-steps            # DDPO-IS on compressibility at 20 sampler steps, 30 min on 2 cores
     diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 5 algorithms, 3 seeds (~100 min on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
@@ -112,6 +114,13 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         BenchConfig(
             tasks=("DiffusionCompressibility-v0",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
             output_dir=Path("runs/bench-agents"),
+        ),  # fmt: skip
+    ),
+    "agents-20-steps": (
+        "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained, 10,000 reward queries or 30 minutes (the agents issue's closest run)",
+        BenchConfig(
+            tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
+            train={"num_inference_steps": 20, "ddpo": {"min_step_std_ratio": 0.1}}, output_dir=Path("runs/bench-agents-20-steps"),
         ),  # fmt: skip
     ),
     "cpu": (

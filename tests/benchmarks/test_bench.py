@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 
 from benchmarks.run import PRESETS, VARIANTS, BenchConfig, cell_config, run
+from diffusion_gym.models import load_model
+from diffusion_gym.samplers import DDIMSampler
 
 TINY_TRAIN = {"num_envs": 4, "batches_per_epoch": 1, "samples_per_prompt": 2, "num_inference_steps": 3, "ddpo": {"per_prompt_min_count": 2, "train_batch_size": 4}}
 
@@ -51,7 +53,7 @@ def test_bad_grids_are_refused():
         BenchConfig(algorithms=("ppo",))
     with pytest.raises(ValueError, match="Unknown tasks"):
         BenchConfig(tasks=("DiffusionNope-v0",))
-    assert set(PRESETS) == {"quick", "agents", "cpu", "paper"}
+    assert set(PRESETS) == {"quick", "agents", "agents-20-steps", "cpu", "paper"}
 
 
 def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
@@ -63,3 +65,16 @@ def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
     assert kl.ddpo.clip_range == plain.ddpo.clip_range == 5e-3  # the grid's overrides reach the variant too
     assert dataclasses.replace(kl.ddpo, kl_coef=0.0) == plain.ddpo
     assert kl.output_dir.parts[-2:] == ("ddpo-is-kl", "seed1") and plain.output_dir.parts[-2:] == ("ddpo-is", "seed1")
+
+
+def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps():
+    """`agents-20-steps`' docs promise that min_step_std_ratio 0.1 leaves exactly the last 2 of the
+    embedded model's 20 DDIM steps untrained (σ ratios 0.076 and 0.006, the one before 0.124)."""
+    config = PRESETS["agents-20-steps"][1]
+    cell = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is", 0)
+    assert cell.num_inference_steps == 20 and cell.ddpo.min_step_std_ratio == 0.1 and cell.ddpo.estimator == "is"
+    assert cell.max_minutes == 30 and cell.max_reward_queries == 10_000 and cell.model == "embedded"
+    sampler = DDIMSampler(load_model("embedded", device="cpu").scheduler, cell.num_inference_steps)
+    relative = sampler.relative_std(sampler.timesteps)
+    trained = (relative >= cell.ddpo.min_step_std_ratio).tolist()
+    assert trained == [True] * 18 + [False] * 2
