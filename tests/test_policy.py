@@ -29,7 +29,9 @@ def test_guidance_combines_the_two_unet_passes(tiny_model):
     cond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts(list(obs["prompt"]))).sample
     uncond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts([""] * 3)).sample
     guided = policy.predict_noise(obs["x_t"], t, list(obs["prompt"]))
-    torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond), rtol=1e-5, atol=1e-5)
+    # one pass over a batch of 6 against two of 3: the CPU's kernels may round them differently
+    # (~1e-6 a pass, which guidance scales by 7.5), while cond - uncond is ~2e-2 here
+    torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond), rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(make_policy(tiny_model, guidance_scale=1.0).predict_noise(obs["x_t"], t, list(obs["prompt"])), cond)
 
 
