@@ -76,5 +76,6 @@ def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps()
     assert cell.max_minutes == 30 and cell.max_reward_queries == 10_000 and cell.model == "embedded"
     sampler = DDIMSampler(load_model("embedded", device="cpu").scheduler, cell.num_inference_steps)
     relative = sampler.relative_std(sampler.timesteps)
+    assert relative[-3:].tolist() == pytest.approx([0.124, 0.076, 0.006], abs=1e-3)
     trained = (relative >= cell.ddpo.min_step_std_ratio).tolist()
     assert trained == [True] * 18 + [False] * 2
