@@ -2,11 +2,14 @@
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from agents.ddpo import DDPO
 from benchmarks.run import PRESETS, VARIANTS, BenchConfig, cell_config, run
+from diffusion_gym import DiffusionPolicy
 from diffusion_gym.models import load_model
 from diffusion_gym.samplers import DDIMSampler
 
@@ -74,8 +77,10 @@ def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps()
     cell = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is", 0)
     assert cell.num_inference_steps == 20 and cell.ddpo.min_step_std_ratio == 0.1 and cell.ddpo.estimator == "is"
     assert cell.max_minutes == 30 and cell.max_reward_queries == 10_000 and cell.model == "embedded"
-    sampler = DDIMSampler(load_model("embedded", device="cpu").scheduler, cell.num_inference_steps)
-    relative = sampler.relative_std(sampler.timesteps)
+    model = load_model("embedded", device="cpu")
+    policy = DiffusionPolicy(model, DDIMSampler(model.scheduler, cell.num_inference_steps))
+    relative = policy.sampler.relative_std(policy.sampler.timesteps)
     assert relative[-3:].tolist() == pytest.approx([0.124, 0.076, 0.006], abs=1e-3)
-    trained = (relative >= cell.ddpo.min_step_std_ratio).tolist()
-    assert trained == [True] * 18 + [False] * 2
+    policy.enable_lora(cell.lora_rank, target_modules=cell.lora_targets)
+    episode = SimpleNamespace(timesteps=policy.sampler.timesteps[None])  # all trainable_steps reads of a batch
+    assert DDPO(policy, cell.ddpo).trainable_steps(episode).tolist() == list(range(18))  # the agent's own rule
