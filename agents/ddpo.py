@@ -56,7 +56,9 @@ class DDPOConfig:
     adv_clip_max: float = 5.0
     """Advantages are clipped to ±this."""
     per_prompt_buffer: int = 32
-    """Rewards kept per prompt for its statistics."""
+    """Rewards kept per prompt for its statistics (the paper's running buffer). Set to the samples
+    per prompt of a batch to normalise each prompt within its batch: no stale statistics from an
+    older policy (`agents.normalizer`)."""
     per_prompt_min_count: int = 16
     """Rewards a prompt needs before its own statistics replace the batch's."""
     per_prompt_std_floor: float = 0.0

@@ -74,6 +74,18 @@ def test_per_prompt_normalizer_matches_a_hand_computation():
     assert clipped.max() == 1.0
 
 
+def test_a_buffer_of_one_batch_normalises_each_prompt_within_its_batch():
+    first, later = np.array([0.0, 1.0]), np.array([2.0, 3.0])  # the policy improved between two visits of "p"
+    running = PerPromptNormalizer(buffer_size=4, min_count=2, eps=0.0)
+    running(["p"] * 2, first)
+    stale = running(["p"] * 2, later)  # buffer [0, 1, 2, 3]: mean 1.5, std 1.118
+    np.testing.assert_allclose(stale, (later - 1.5) / np.std([0.0, 1.0, 2.0, 3.0]))
+    assert (stale > 0).all()  # both later samples look good only because the old ones were worse
+    per_batch = PerPromptNormalizer(buffer_size=2, min_count=2, eps=0.0)
+    per_batch(["p"] * 2, first)
+    np.testing.assert_allclose(per_batch(["p"] * 2, later), [-1.0, 1.0])  # (r − 2.5) / 0.5
+
+
 def test_the_std_floor_keeps_near_identical_rewards_from_unit_advantages():
     rewards = np.array([1.00, 1.01, 0.99, 1.00])  # std 0.00707: the paper's normaliser gives ±1.41
     plain = PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0)(["p"] * 4, rewards)
