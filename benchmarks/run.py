@@ -117,10 +117,10 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         ),  # fmt: skip
     ),
     "agents-20-steps": (
-        "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained, 10,000 reward queries or 30 minutes (the agents issue's closest run)",
+        "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained and each prompt normalised within its batch, 10,000 reward queries or 30 minutes (the agents issue's target run)",
         BenchConfig(
             tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
-            train={"num_inference_steps": 20, "ddpo": {"min_step_std_ratio": 0.1}}, output_dir=Path("runs/bench-agents-20-steps"),
+            train={"num_inference_steps": 20, "ddpo": {"min_step_std_ratio": 0.1, "per_prompt_buffer": 8}}, output_dir=Path("runs/bench-agents-20-steps"),
         ),  # fmt: skip
     ),
     "cpu": (

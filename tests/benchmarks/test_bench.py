@@ -77,6 +77,8 @@ def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps()
     cell = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is", 0)
     assert cell.num_inference_steps == 20 and cell.ddpo.min_step_std_ratio == 0.1 and cell.ddpo.estimator == "is"
     assert cell.max_minutes == 30 and cell.max_reward_queries == 10_000 and cell.model == "embedded"
+    # and each prompt's advantages come from its own batch: the buffer holds exactly the samples a batch draws of it
+    assert cell.ddpo.per_prompt_buffer == cell.ddpo.per_prompt_min_count == cell.samples_per_prompt == 8
     model = load_model("embedded", device="cpu")
     policy = DiffusionPolicy(model, DDIMSampler(model.scheduler, cell.num_inference_steps))
     relative = policy.sampler.relative_std(policy.sampler.timesteps)
