@@ -16,7 +16,8 @@ visits come from an older, worse policy: they pull its mean back, so every new s
 prompt gets a positive advantage, and the gap between visits inflates the std that the
 within-batch differences are divided by. With `buffer_size` equal to the samples a batch draws
 per prompt (and `min_count` the same), each prompt is normalised within its own batch, as GRPO
-(Shao et al., 2024) does. On the embedded model's compressibility that made DDPO-IS learn about
+(Shao et al., 2024) does (a prompt drawn twice for one batch gets the statistics of its later
+draw's samples). On the embedded model's compressibility that made DDPO-IS learn about
 twice as fast per reward query (`benchmarks/README.md`).
 """
 
