@@ -58,6 +58,8 @@ class TrainConfig:
     """Sampler steps; None: the model's default, else the paper's 50."""
     guidance_scale: float | None = None
     """Classifier-free guidance (sampling and training); None: the model's default, else 5."""
+    guidance_interval: tuple[int, int] | None = None
+    """Timesteps (low, high) that guidance applies to; None: the model's default, else every step."""
     num_envs: int = 16
     """Episodes sampled in parallel per process (the sampling batch)."""
     batches_per_epoch: int = 4
@@ -126,7 +128,7 @@ class TrainConfig:
 
     def env_kwargs(self) -> dict:
         """The env settings this run gives (the rest are the task's and the model's defaults)."""
-        settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps), ("guidance_scale", self.guidance_scale))
+        settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps), ("guidance_scale", self.guidance_scale), ("guidance_interval", self.guidance_interval))
         return {k: v for k, v in settings if v is not None}
 
 

@@ -35,6 +35,8 @@ class DemoConfig:
     """Sampler steps per episode; None: the model's default (embedded: 20), else the paper's 50."""
     guidance_scale: float | None = None
     """Classifier-free guidance weight; None: the model's default (embedded: 3.0), else 5.0."""
+    guidance_interval: tuple[int, int] | None = None
+    """Timesteps (low, high) that guidance applies to; None: the model's default, else every step."""
     seed: int = 0
     """Seeds the prompts, the initial noise and the policy's noise."""
     device: str = "auto"
@@ -50,6 +52,7 @@ def run(config: DemoConfig) -> dict:
         model=config.model,
         num_inference_steps=config.num_inference_steps,
         guidance_scale=config.guidance_scale,
+        guidance_interval=config.guidance_interval,
         device=config.device,
     )
     policy = DiffusionPolicy.from_env(envs)

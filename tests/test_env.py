@@ -53,6 +53,16 @@ def test_ids_carry_the_papers_defaults():
     assert env.prompts == load_prompts("imagenet_animals")
 
 
+def test_guidance_interval_comes_from_the_model_unless_given_and_reaches_the_policy(tiny_model):
+    assert make_vec().guidance_interval is None  # a model without one guides every step
+    tiny_model.defaults = {"guidance_interval": (500, 999)}
+    envs = make_vec(model=tiny_model)
+    assert envs.unwrapped.guidance_interval == DiffusionPolicy.from_env(envs).guidance_interval == (500, 999)
+    every_step = make_vec(model=tiny_model, guidance_interval=[0, 999])
+    assert DiffusionPolicy.from_env(every_step).guidance_interval == (0, 999)
+    assert gym.make("DiffusionCompressibility-v0", **{**TINY, "model": tiny_model}).unwrapped.guidance_interval == (500, 999)
+
+
 def test_make_vec_builds_one_batched_env_with_the_declared_autoreset_mode():
     envs = make_vec(num_envs=3)
     assert isinstance(envs, DiffusionVectorEnv) and envs.num_envs == 3
@@ -257,6 +267,7 @@ def test_a_model_that_cannot_be_found_says_how_to_pass_a_folder():
         ({"num_envs": 0}, "num_envs"),
         ({"eta": 0.0}, "eta must be > 0"),
         ({"guidance_scale": float("nan")}, "guidance_scale"),
+        ({"guidance_interval": (900, 100)}, "guidance_interval"),
         ({"array_type": "jax"}, "array_type"),
         ({"render_mode": "human"}, "render_mode"),
         ({"prompts": "no-such-set"}, "known sets"),

@@ -35,6 +35,29 @@ def test_guidance_combines_the_two_unet_passes(tiny_model):
     torch.testing.assert_close(make_policy(tiny_model, guidance_scale=1.0).predict_noise(obs["x_t"], t, list(obs["prompt"])), cond)
 
 
+def test_guidance_interval_guides_only_its_timesteps_and_skips_the_unconditional_pass_elsewhere(tiny_model):
+    full, unguided = make_policy(tiny_model, guidance_scale=7.5), make_policy(tiny_model, guidance_scale=1.0)
+    t_high, t_low = (int(t) for t in full.sampler.timesteps[1:3])
+    policy = make_policy(tiny_model, guidance_scale=7.5, guidance_interval=(t_high, 999))
+    obs = batch_obs(policy)
+    x, prompts = obs["x_t"], list(obs["prompt"])
+    for t, reference in ((t_high, full), (t_low, unguided)):
+        timesteps = torch.full((3,), t)
+        torch.testing.assert_close(policy.predict_noise(x, timesteps, prompts), reference.predict_noise(x, timesteps, prompts))
+    batch_sizes = []
+    hook = policy.unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    policy.predict_noise(x, torch.full((3,), t_low), prompts)
+    mixed = policy.predict_noise(x, torch.tensor([t_high, t_low, t_high]), prompts)
+    hook.remove()
+    assert batch_sizes == [3, 6]  # outside the interval: the conditional pass alone
+    torch.testing.assert_close(mixed[1], unguided.predict_noise(x, torch.full((3,), t_low), prompts)[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(mixed[0], full.predict_noise(x, torch.full((3,), t_high), prompts)[0], rtol=1e-5, atol=1e-4)
+    assert policy.guided(torch.tensor([t_high, t_low])).tolist() == [True, False]
+    for bad in ((500, 100), (0, 1000), (-1, 10), (1, 2, 3), "all"):
+        with pytest.raises(ValueError, match="guidance_interval"):
+            make_policy(tiny_model, guidance_interval=bad)
+
+
 def test_prompt_embeddings_are_cached_and_equal_to_fresh_ones(tiny_model):
     policy = make_policy(tiny_model)
     first = policy.encode_prompts(["a cat", "a dog", "a cat"])

@@ -46,6 +46,8 @@ class EvalConfig:
     """Sampler steps; None: the model's default."""
     guidance_scale: float | None = None
     """Classifier-free guidance; None: the model's default."""
+    guidance_interval: tuple[int, int] | None = None
+    """Timesteps (low, high) that guidance applies to; None: the model's default."""
     samples_per_prompt: int = 3
     """Samples drawn for each training and each held-out prompt."""
     renders: int = 2000
@@ -91,14 +93,17 @@ def main(config: EvalConfig) -> dict:
         results["captioner"][split] = attribute_accuracy(captioner.read(batch.images), batch.labels)
 
     # 2. samples through the env with the model's own defaults
-    overrides = {k: v for k, v in (("num_inference_steps", config.num_inference_steps), ("guidance_scale", config.guidance_scale)) if v is not None}
+    settings = (("num_inference_steps", config.num_inference_steps), ("guidance_scale", config.guidance_scale), ("guidance_interval", config.guidance_interval))
+    overrides = {k: v for k, v in settings if v is not None}
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=config.batch_size, model=config.model, device="cpu", **overrides)
     policy = DiffusionPolicy.from_env(envs)
     base = envs.unwrapped
     unet_params = sum(p.numel() for p in base.model.unet.parameters())
     text_params = sum(p.numel() for p in base.model.text_encoder.parameters())
     results["parameters"] = {"unet": unet_params, "text_encoder": text_params, "total": unet_params + text_params}
-    results["sampling"] = {"num_inference_steps": base.num_steps, "guidance_scale": base.guidance_scale, "eta": base.sampler.eta}
+    results["sampling"] = {
+        "num_inference_steps": base.num_steps, "guidance_scale": base.guidance_scale, "guidance_interval": base.guidance_interval, "eta": base.sampler.eta,
+    }  # fmt: skip
 
     samples = {}
     for split, prompts in (("train", world.TRAIN_PROMPTS), ("held_out", world.HELD_OUT_PROMPTS)):

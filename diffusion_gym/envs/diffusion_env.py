@@ -15,7 +15,7 @@ from gymnasium.vector.utils import batch_space
 
 from diffusion_gym.envs.registration import PAPER_DEFAULTS
 from diffusion_gym.models import DiffusionModel, load_model
-from diffusion_gym.policy import DiffusionPolicy, check_guidance_scale
+from diffusion_gym.policy import DiffusionPolicy, check_guidance_interval, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
 from diffusion_gym.rewards import RewardFn, check_reward, make_reward
 from diffusion_gym.samplers import DDIMSampler
@@ -78,6 +78,10 @@ class DiffusionVectorEnv(VectorEnv):
       has one (embedded: 20), else the paper's 50.
     - guidance_scale: the classifier-free guidance weight the policy uses; None: the model's
       default if it has one (embedded: 3.0), else the paper's 5.0.
+    - guidance_interval: (low, high) model timesteps; the policy guides only the steps with
+      low <= t <= high and takes the conditional prediction alone (one UNet pass) elsewhere
+      (Kynkäänniemi et al. 2024). None: the model's default if it has one, else every step;
+      (0, num_train_timesteps - 1) guides every step whatever the model's default.
     - eta: DDIM stochasticity, > 0 (the paper: 1.0).
     - device, dtype: where and in which precision the networks run ("auto" picks CUDA if present).
     - array_type: "numpy" (default) or "torch" observations.
@@ -100,6 +104,7 @@ class DiffusionVectorEnv(VectorEnv):
         default_prompts: str = "imagenet_animals",
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
+        guidance_interval: tuple[int, int] | None = None,
         eta: float = PAPER_DEFAULTS["eta"],
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
@@ -129,6 +134,9 @@ class DiffusionVectorEnv(VectorEnv):
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         self.guidance_scale = check_guidance_scale(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
+        self.guidance_interval = check_guidance_interval(
+            defaults.get("guidance_interval") if guidance_interval is None else guidance_interval, self.sampler.num_train_timesteps
+        )
         self.device = self.model.device
         self._render_policy: DiffusionPolicy | None = None
         self._defer_rewards = False
@@ -185,7 +193,7 @@ class DiffusionVectorEnv(VectorEnv):
             x0 = self._x
         else:
             if self._render_policy is None:
-                self._render_policy = DiffusionPolicy(self.model, self.sampler, self.guidance_scale)
+                self._render_policy = DiffusionPolicy.from_env(self)
             with torch.no_grad():
                 x0 = self._render_policy(self._observation()).pred_original_sample
         return tuple(self.model.decode(x0))
