@@ -3,10 +3,10 @@
     python -m diffusion_gym.embedded.train                       # reproduces the shipped weights
     python -m diffusion_gym.embedded.train --output-dir /tmp/e   # somewhere else
 
-On 2 CPU cores the default run takes about 70 minutes. Progress shows as a bar; every
-`log_every` steps the loss goes to `train_log.jsonl` in the output folder; every `save_every`
-steps a checkpoint is written there, and a killed run started again with the same command
-continues from it. At the end the EMA weights are saved as a diffusers pipeline folder.
+On 2 CPU cores the default run takes 68 to 102 minutes, by the machine (benchmarks/README.md).
+Progress shows as a bar; every `log_every` steps the loss goes to `train_log.jsonl` in the output
+folder; every `save_every` steps a checkpoint is written there, and a killed run started again
+with the same command continues from it. At the end the EMA weights are saved as a diffusers pipeline folder.
 """
 
 from __future__ import annotations
