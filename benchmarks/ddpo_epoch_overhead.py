@@ -73,7 +73,7 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tup
 def main(config: EpochOverheadConfig) -> dict:
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=config.num_envs, model=config.model, num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, device="cpu", array_type="torch",
+        guidance_scale=config.guidance_scale, guidance_interval=(0, 999), device="cpu", array_type="torch",  # every step guided, as timed below
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, reduce="mean")
     policy.enable_lora(rank=8)
