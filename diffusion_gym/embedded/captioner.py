@@ -8,6 +8,12 @@ VLM stand-in of the prompt-alignment reward on the embedded model.
     captioner = load_captioner()
     attributes = captioner.read(images)        # (N, 32, 32, 3) uint8 -> (N, 4) attribute indices
     captions = captioner.caption(images)       # ["a small red circle on a flat background", ...]
+
+Two are shipped: `weights/captioner/` (trained by `python -m diffusion_gym.embedded.train` with
+the embedded model) and `weights/captioner_gold/`, the alignment task's gold judge, trained
+apart with another seed and width so that a policy that fools the first does not fool it too:
+
+    python -m diffusion_gym.embedded.captioner gold        # reproduces weights/captioner_gold/
 """
 
 from __future__ import annotations
@@ -69,6 +75,21 @@ class Captioner(nn.Module):
             out.append(torch.stack([l.argmax(dim=1) for l in logits], dim=1).cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, len(world.ATTRIBUTES)), dtype=np.int64)
 
+    @torch.no_grad()
+    def probabilities(self, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
+        """How likely each value of each attribute is: {attribute: (N, n_values) float64}, rows
+        summing to 1, values in `world.ATTRIBUTES` order."""
+        self.eval()
+        device = next(self.parameters()).device
+        parts: list[list[torch.Tensor]] = [[] for _ in world.ATTRIBUTES]
+        for start in range(0, len(images), batch_size):
+            for part, logits in zip(parts, self(self.to_input(images[start : start + batch_size]).to(device))):
+                part.append(logits.double().softmax(dim=1).cpu())
+        return {
+            name: torch.cat(part).numpy() if part else np.zeros((0, len(values)))
+            for part, (name, values) in zip(parts, world.ATTRIBUTES.items())
+        }
+
     def caption(self, images: np.ndarray) -> list[str]:
         """The caption of each image, as the world writes captions."""
         return [world.caption(combination_of(row)) for row in self.read(images)]
@@ -118,13 +139,15 @@ class CaptionerTraining:
     noisy model samples are read like clean renders."""
     seed: int = 0
     """Seeds the renders and the weights."""
+    width: int = 16
+    """Channels of the first convolution block (the next two have 2x and 4x)."""
 
 
 def train_captioner(config: CaptionerTraining, log: list[dict] | None = None) -> Captioner:
     """Train a captioner on fresh renders of the training combinations."""
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
-    captioner = Captioner()
+    captioner = Captioner(width=config.width)
     optimizer = torch.optim.Adam(captioner.parameters(), lr=config.learning_rate)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, config.steps))
     captioner.train()
@@ -146,6 +169,42 @@ def train_captioner(config: CaptionerTraining, log: list[dict] | None = None) ->
     return captioner.eval()
 
 
+GOLD = CaptionerTraining(seed=1, width=24)
+"""The gold judge's training: the shipped captioner's recipe with another seed and width."""
+
+
+@dataclass
+class CaptionerRun:
+    """Train a captioner alone and save it."""
+
+    training: CaptionerTraining
+    """The captioner's training."""
+    output_dir: Path = Path("outputs/captioner")
+    """Where model.safetensors and config.json go."""
+    threads: int = 2
+    """torch CPU threads."""
+
+
 def attribute_accuracy(predicted: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """Fraction of images whose attribute was read right, per attribute name."""
     return {name: float((predicted[:, i] == labels[:, i]).mean()) for i, name in enumerate(world.ATTRIBUTE_NAMES)}
+
+
+def main(run: CaptionerRun) -> Path:
+    torch.set_num_threads(run.threads)
+    captioner = train_captioner(run.training)
+    rng = np.random.default_rng(run.training.seed + 10_000)
+    for split, combinations in (("held_out", world.HELD_OUT), ("train", world.TRAIN)):
+        batch = world.sample_batch(2000, rng, combinations)
+        print(f"accuracy on fresh renders of {split} combinations: {attribute_accuracy(captioner.read(batch.images), batch.labels)}")
+    captioner.save(run.output_dir)
+    return run.output_dir
+
+
+if __name__ == "__main__":
+    import tyro
+
+    from diffusion_gym.embedded import EMBEDDED_DIR
+
+    presets = {"gold": ("the alignment task's gold judge (weights/captioner_gold/)", CaptionerRun(GOLD, EMBEDDED_DIR / "captioner_gold"))}
+    main(tyro.extras.overridable_config_cli(presets, prog="python -m diffusion_gym.embedded.captioner"))

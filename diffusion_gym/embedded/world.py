@@ -113,25 +113,49 @@ def labels_of(combinations: list[Combination]) -> np.ndarray:
     return np.array([[ATTRIBUTES[n].index(v) for n, v in zip(ATTRIBUTE_NAMES, c)] for c in combinations], dtype=np.int64)
 
 
-def render(combinations: list[Combination], rng: np.random.Generator) -> np.ndarray:
-    """Render one image per combination; everything the caption leaves open is drawn from `rng`.
+@dataclass(frozen=True)
+class Variation:
+    """Freedoms beyond the world's own draws, for image sets that must cover more than the world
+    shows (the aesthetic task's ratings: a fine-tuned model strays from the world's palette)."""
+
+    background_colours: bool = True
+    """Background colours drawn uniformly from all of RGB instead of the world's muted palette."""
+    object_colour_std: float = 20.0
+    """Std, in grey levels, of Gaussian jitter on each channel of the object's colour."""
+    size_scale: tuple[float, float] = (0.6, 1.4)
+    """The object's half-extent is scaled by a factor drawn uniformly from this range."""
+    position_jitter: float = 7.0
+    """The object's centre moves up to this many pixels from the middle."""
+
+
+def render(combinations: list[Combination], rng: np.random.Generator, variation: Variation | None = None) -> np.ndarray:
+    """Render one image per combination; everything the caption leaves open is drawn from `rng`
+    (and, with a `variation`, more than the world itself varies).
 
     Returns:
         (N, 32, 32, 3) uint8.
     """
     images = np.empty((len(combinations), IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8)
     for i, (size, colour, shape, background) in enumerate(combinations):
-        canvas = _background(background, rng)
-        alpha = _shape_mask(shape, SIZE_RADIUS[size], rng)[..., None]
-        canvas = canvas * (1 - alpha) + np.array(OBJECT_RGB[colour], dtype=np.float32) * alpha
+        rgb = np.array(OBJECT_RGB[colour], dtype=np.float32)
+        if variation is None:
+            canvas = _background(background, rng)
+            alpha = _shape_mask(shape, SIZE_RADIUS[size], rng)[..., None]
+        else:
+            palette = rng.uniform(0, 255, size=(2, 3)).astype(np.float32) if variation.background_colours else BACKGROUND_RGB
+            canvas = _background(background, rng, palette)
+            radius = SIZE_RADIUS[size] * rng.uniform(*variation.size_scale)
+            alpha = _shape_mask(shape, radius, rng, variation.position_jitter)[..., None]
+            rgb = np.clip(rgb + rng.normal(0, variation.object_colour_std, size=3), 0, 255).astype(np.float32)
+        canvas = canvas * (1 - alpha) + rgb * alpha
         images[i] = np.clip(np.round(canvas), 0, 255).astype(np.uint8)
     return images
 
 
-def sample_batch(n: int, rng: np.random.Generator, combinations: tuple[Combination, ...] = TRAIN) -> Batch:
+def sample_batch(n: int, rng: np.random.Generator, combinations: tuple[Combination, ...] = TRAIN, variation: Variation | None = None) -> Batch:
     """`n` renders of combinations drawn uniformly from `combinations`."""
     chosen = [combinations[i] for i in rng.integers(len(combinations), size=n)]
-    return Batch(images=render(chosen, rng), labels=labels_of(chosen), prompts=[caption(c) for c in chosen])
+    return Batch(images=render(chosen, rng, variation), labels=labels_of(chosen), prompts=[caption(c) for c in chosen])
 
 
 # ---------------------------------------------------------------- drawing
@@ -145,9 +169,9 @@ _FINE_Y, _FINE_X = _grid(SUPERSAMPLE)
 _Y, _X = _grid()
 
 
-def _shape_mask(shape: str, radius: float, rng: np.random.Generator) -> np.ndarray:
+def _shape_mask(shape: str, radius: float, rng: np.random.Generator, jitter: float = POSITION_JITTER) -> np.ndarray:
     """Coverage in [0, 1] of each pixel by the shape, (32, 32) float32."""
-    cy, cx = IMAGE_SIZE / 2 + rng.uniform(-POSITION_JITTER, POSITION_JITTER, size=2)
+    cy, cx = IMAGE_SIZE / 2 + rng.uniform(-jitter, jitter, size=2)
     dy, dx = _FINE_Y - cy, _FINE_X - cx
     if shape == "circle":
         inside = dy**2 + dx**2 <= radius**2
@@ -167,9 +191,9 @@ def _shape_mask(shape: str, radius: float, rng: np.random.Generator) -> np.ndarr
     return fine.reshape(IMAGE_SIZE, SUPERSAMPLE, IMAGE_SIZE, SUPERSAMPLE).mean(axis=(1, 3))
 
 
-def _background(kind: str, rng: np.random.Generator) -> np.ndarray:
-    """(32, 32, 3) float32 background in [0, 255]."""
-    first, second = BACKGROUND_RGB[rng.choice(len(BACKGROUND_RGB), size=2, replace=False)]
+def _background(kind: str, rng: np.random.Generator, palette: np.ndarray = BACKGROUND_RGB) -> np.ndarray:
+    """(32, 32, 3) float32 background in [0, 255], its colours drawn from `palette` ((K, 3), K >= 2)."""
+    first, second = palette[rng.choice(len(palette), size=2, replace=False)]
     if kind == "flat":
         return np.broadcast_to(first, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
     if kind == "gradient":

@@ -59,3 +59,17 @@ def test_backgrounds_span_more_than_a_factor_two_in_jpeg_size():
 def test_unknown_attribute_values_are_rejected(bad):
     with pytest.raises((ValueError, KeyError)):
         world.render([bad], np.random.default_rng(0))
+
+
+def test_a_variation_draws_more_than_the_world_and_none_leaves_the_world_as_it_is():
+    combination = [("large", "red", "square", "flat")] * 200
+    plain = world.render(combination, np.random.default_rng(0))
+    np.testing.assert_array_equal(plain, world.render(combination, np.random.default_rng(0), variation=None))
+    varied = world.render(combination, np.random.default_rng(0), variation=world.Variation())
+    corners = varied[:, 0, 0].astype(float)  # a flat background's colour
+    palette = world.BACKGROUND_RGB
+    off_palette = np.linalg.norm(corners[:, None] - palette[None], axis=-1).min(axis=1) > 10
+    assert off_palette.mean() > 0.9 and corners.max() > 200  # colours from all of RGB, light ones too
+    red = np.array(world.OBJECT_RGB["red"], dtype=float)
+    object_area = (np.linalg.norm(varied.astype(float) - red, axis=-1) < 60).sum(axis=(1, 2))
+    assert object_area.std() > 3 * (np.linalg.norm(plain.astype(float) - red, axis=-1) < 60).sum(axis=(1, 2)).std()  # sizes vary
