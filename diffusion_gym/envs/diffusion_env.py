@@ -69,11 +69,14 @@ class DiffusionVectorEnv(VectorEnv):
     - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
       `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory (and
       `device`, the env's, if the factory takes one and it is not given). None: the task's
-      `default_reward`, or the model's offline stand-in for it (the embedded model scores prompt
-      alignment with its toy-world captioner: "embedded_alignment").
+      `default_reward`, or the model's offline stand-in for it (the embedded model scores
+      aesthetic quality with "embedded_aesthetic" and prompt alignment with
+      "embedded_alignment_judge": `diffusion_gym.rewards.embedded`).
     - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list;
-      None: the model's own prompt set if it has one (the embedded model's toy world), else
-      `default_prompts` (the task's set from the paper, as registered).
+      None: the model's stand-in for the task's set if it has one (the embedded model's
+      alignment task: "toy_world_paraphrases"), else the model's own prompt set if it has one
+      (the embedded model's toy world), else `default_prompts` (the task's set from the paper,
+      as registered).
     - num_inference_steps: sampler steps, the episode length; None: the model's default if it
       has one (embedded: 20), else the paper's 50.
     - guidance_scale: the classifier-free guidance weight the policy uses; None: the model's
@@ -130,7 +133,7 @@ class DiffusionVectorEnv(VectorEnv):
         if reward is None:
             reward = defaults.get("reward_stand_ins", {}).get(default_reward, default_reward)
         self.reward_fn = make_reward(reward, device=self.model.device, **(reward_kwargs or {}))
-        self.prompts = given_prompts or load_prompts(defaults["prompts"])
+        self.prompts = given_prompts or load_prompts(defaults.get("prompt_stand_ins", {}).get(default_prompts, defaults["prompts"]))
         num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
         self.guidance_scale = check_guidance_scale(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
         self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)

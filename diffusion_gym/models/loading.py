@@ -22,15 +22,17 @@ from diffusion_gym.models.hub import load_offline_first
 from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
 from diffusion_gym.models.tiny import build_tiny_random
 
-# The embedded model's settings: its own prompt world, 20 steps, the guidance its evaluation chose
-# (diffusion_gym/embedded/evaluate.py; guided only at t >= 600, the first 8 steps: flatter flat
-# backgrounds and 30 % less sampling time), and offline stand-ins for rewards that need large models.
+# The embedded model's settings: its own prompt world, 20 steps, guidance 3 only at t >= 600 (the
+# first 8 steps: one UNet pass at the other 12), and offline stand-ins for the tasks whose rewards
+# need large models: the aesthetic predictor and the alignment judge of the toy world, and the
+# alignment task's prompts, the toy world in words the generator was not trained on.
 EMBEDDED_DEFAULTS = {
     "prompts": "toy_world",
     "num_inference_steps": 20,
     "guidance_scale": 3.0,
     "guidance_interval": (600, 999),
-    "reward_stand_ins": {"prompt_alignment": "embedded_alignment"},
+    "reward_stand_ins": {"aesthetic": "embedded_aesthetic", "prompt_alignment": "embedded_alignment_judge"},
+    "prompt_stand_ins": {"animal_activities": "toy_world_paraphrases"},
 }
 
 

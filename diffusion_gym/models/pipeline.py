@@ -33,8 +33,9 @@ class DiffusionModel:
         name: where the model came from (hub id, folder, "tiny-random").
         defaults: sampling settings this model is meant to be used with, which environments
             take when not told otherwise: "prompts" (a prompt set name), "num_inference_steps",
-            "guidance_scale", and "reward_stand_ins" ({task reward: the reward to use instead}, for
-            rewards whose models do not fit this one's world). Empty for Stable Diffusion (the
+            "guidance_scale", "reward_stand_ins" ({task reward: the reward to use instead}, for
+            rewards whose models do not fit this one's world) and "prompt_stand_ins" ({task
+            prompt set: the set to use instead of "prompts"}). Empty for Stable Diffusion (the
             paper's settings apply).
     """
 

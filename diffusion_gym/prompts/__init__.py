@@ -7,6 +7,8 @@
 | animal_activities | "a(n) [animal] [activity]" for the 45 animals and 3 activities (135) | prompt alignment |
 | toy_world         | the embedded model's training captions (204) | all tasks, on the embedded model |
 | toy_world_held_out| captions of the 36 combinations the embedded model never saw | generalisation |
+| toy_world_paraphrases | the training combinations in synonyms and sentence shapes the embedded model never saw (204) | prompt alignment, on the embedded model |
+| toy_world_paraphrases_held_out | 64 more, each in words or a template no training paraphrase uses | alignment's generalisation |
 """
 
 from __future__ import annotations
@@ -56,13 +58,36 @@ def toy_world_held_out() -> list[str]:
     return list(HELD_OUT_PROMPTS)
 
 
+def toy_world_paraphrases() -> list[str]:
+    return list(_read_lines("toy_world_paraphrases.txt"))
+
+
+def toy_world_paraphrases_held_out() -> list[str]:
+    return list(_read_lines("toy_world_paraphrases_held_out.txt"))
+
+
 PROMPT_SETS: dict[str, Callable[[], list[str]]] = {
     "imagenet_animals": imagenet_animals,
     "simple_animals": simple_animals,
     "animal_activities": animal_activities,
     "toy_world": toy_world,
     "toy_world_held_out": toy_world_held_out,
+    "toy_world_paraphrases": toy_world_paraphrases,
+    "toy_world_paraphrases_held_out": toy_world_paraphrases_held_out,
 }
+
+
+# Each set that has one, and the set of prompts it never trains on (for generalisation).
+HELD_OUT_SETS: dict[str, str] = {"toy_world": "toy_world_held_out", "toy_world_paraphrases": "toy_world_paraphrases_held_out"}
+
+
+def held_out_set(prompts: Sequence[str]) -> str | None:
+    """The name of the held-out set of a registered prompt set given by its prompts, or None."""
+    prompts = list(prompts)
+    for name, held_out in HELD_OUT_SETS.items():
+        if prompts == PROMPT_SETS[name]():
+            return held_out
+    return None
 
 
 def load_prompts(prompts: str | Sequence[str]) -> list[str]:

@@ -17,6 +17,7 @@ import torch
 from diffusion_gym.rewards.aesthetic import AestheticScorer, aesthetic
 from diffusion_gym.rewards.alignment import embedded_alignment, prompt_alignment
 from diffusion_gym.rewards.base import RewardFn, check_images
+from diffusion_gym.rewards.embedded import embedded_aesthetic, embedded_aesthetic_gold, embedded_alignment_gold, embedded_alignment_judge
 from diffusion_gym.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {
@@ -25,6 +26,10 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "aesthetic": aesthetic,
     "prompt_alignment": prompt_alignment,
     "embedded_alignment": embedded_alignment,
+    "embedded_aesthetic": embedded_aesthetic,
+    "embedded_aesthetic_gold": embedded_aesthetic_gold,
+    "embedded_alignment_judge": embedded_alignment_judge,
+    "embedded_alignment_gold": embedded_alignment_gold,
 }
 
 
@@ -61,6 +66,7 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
 
 
 __all__ = [
-    "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "embedded_alignment",
+    "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "embedded_aesthetic",
+    "embedded_aesthetic_gold", "embedded_alignment", "embedded_alignment_gold", "embedded_alignment_judge",
     "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward", "prompt_alignment",
 ]  # fmt: skip

@@ -15,13 +15,16 @@ from tests.conftest import TINY, run_episode
 from tests.rewards.test_aesthetic import parts  # noqa: F401  (the fixture)
 
 
-def test_the_alignment_task_on_the_embedded_model_scores_with_the_toy_world_captioner():
+def test_the_alignment_task_on_the_embedded_model_scores_with_the_toy_world_judge():
     envs = gym.make_vec("DiffusionPromptAlignment-v0", num_envs=4, model="embedded", num_inference_steps=4)
     trace = run_episode(envs, DiffusionPolicy.from_env(envs))
     info, prompts = trace["info"], list(trace["obs"][0]["prompt"])
-    expected, _ = make_reward("embedded_alignment")(info["images"], prompts)
+    expected, _ = make_reward("embedded_alignment_judge")(info["images"], prompts)
     np.testing.assert_allclose(trace["rewards"][-1], expected)
-    assert "answers" in info["reward_info"] and ((0 <= expected) & (expected <= 1 + 1e-6)).all()
+    assert set(info["reward_info"]) == {"recall", "gold"} and ((0 <= expected) & (expected <= 1 + 1e-6)).all()
+    # the canonical-prompt BERTScore version stays available by name
+    envs = gym.make_vec("DiffusionPromptAlignment-v0", num_envs=2, model="embedded", reward="embedded_alignment", prompts="toy_world")
+    assert envs.unwrapped.reward_fn.__qualname__.startswith("alignment_reward")
     # an explicit reward wins over the stand-in
     envs = gym.make_vec("DiffusionPromptAlignment-v0", num_envs=2, model="embedded", reward="jpeg_compressibility")
     assert envs.unwrapped.reward_fn.__qualname__.startswith("jpeg_compressibility")
