@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,8 @@ class Trajectories:
         log_probs: (B, T) float32 log π(action | state) under the policy that sampled them.
         rewards: (B,) float32 terminal rewards.
         images: (B, H, W, 3) uint8 decoded x_0 (what the reward saw).
+        reward_info: the per-sample numbers the reward reported beside the reward ((B,) arrays,
+            e.g. "gold" for the embedded tasks' gold references), for logging.
     """
 
     prompts: list[str]
@@ -32,6 +34,7 @@ class Trajectories:
     log_probs: torch.Tensor
     rewards: torch.Tensor
     images: np.ndarray
+    reward_info: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -62,6 +65,7 @@ class Trajectories:
             log_probs=torch.cat([part.log_probs for part in parts]),
             rewards=torch.cat([part.rewards for part in parts]),
             images=np.concatenate([part.images for part in parts]),
+            reward_info={k: np.concatenate([part.reward_info[k] for part in parts]) for k in set.intersection(*(set(part.reward_info) for part in parts))},
         )
 
     def nbytes(self) -> int:
@@ -119,8 +123,21 @@ def collect(
                     log_probs=torch.stack(log_probs, dim=1),
                     rewards=reward.float(),
                     images=info["images"],
+                    reward_info=per_sample(info["reward_info"], len(prompts)),
                 )
             )
         for part, future in zip(parts, pending):  # overlap: the scores, once they are done
-            part.rewards = torch.as_tensor(future.result()[0], dtype=torch.float32, device=part.rewards.device)
+            rewards, reward_info = future.result()
+            part.rewards = torch.as_tensor(rewards, dtype=torch.float32, device=part.rewards.device)
+            part.reward_info = per_sample(reward_info, len(part))
     return Trajectories.cat(parts)
+
+
+def per_sample(reward_info: dict, n: int) -> dict[str, np.ndarray]:
+    """The entries of a reward's info that hold one number per sample, as (n,) float64 arrays."""
+    kept = {}
+    for key, value in reward_info.items():
+        value = np.asarray(value) if not isinstance(value, torch.Tensor) else value.detach().cpu().numpy()
+        if value.shape == (n,) and np.issubdtype(value.dtype, np.number):
+            kept[key] = value.astype(np.float64)
+    return kept

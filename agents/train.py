@@ -134,8 +134,12 @@ class TrainConfig:
 
 # ---------------------------------------------------------------- presets
 # The embedded model's LoRA reaches its convolutions too: its attention runs only at 8×8, so
-# adapters there alone cannot change fine texture, which is what JPEG size measures.
-EMBEDDED_LORA_TARGETS = (*DEFAULT_LORA_TARGETS, "conv1", "conv2", "time_emb_proj", "proj_in", "proj_out", "conv_in", "conv_out")
+# adapters there alone cannot change fine texture, which is what JPEG size measures. The prompt
+# reaches that UNet by two roads, cross-attention and the pooled text embedding added to the
+# timestep embedding (`add_embedding`): both get adapters, so that what a prompt asks for can be
+# learned too.
+EMBEDDED_TEXT_PATH = ("add_embedding.pool.q_proj", "add_embedding.pool.k_proj", "add_embedding.pool.v_proj", "add_embedding.proj")
+EMBEDDED_LORA_TARGETS = (*DEFAULT_LORA_TARGETS, "conv1", "conv2", "time_emb_proj", "proj_in", "proj_out", "conv_in", "conv_out", *EMBEDDED_TEXT_PATH)
 
 
 def embedded_preset(algorithm: str) -> TrainConfig:
@@ -269,7 +273,10 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
         queries += len(batch) * world_size()
         rewards = _gather(batch.rewards)
         metrics = agent.update(batch)
-        record = {"epoch": epoch, "reward_queries": queries, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **metrics, "seconds": time.perf_counter() - start}
+        record = {"epoch": epoch, "reward_queries": queries, "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std())}
+        if "gold" in batch.reward_info:  # the embedded tasks' gold reference, beside the reward it stands behind
+            record["gold_mean"] = float(_gather(torch.as_tensor(batch.reward_info["gold"], device=batch.rewards.device)).mean())
+        record.update(metrics, seconds=time.perf_counter() - start)
         if on_epoch is not None and main_process:
             hook_start = time.perf_counter()
             record.update(on_epoch(policy, record))

@@ -3,6 +3,7 @@
     diffusion-gym-bench quick                      # embedded model, 2 tasks × 4 algorithms, <= 10 min on 2 cores
     diffusion-gym-bench agents                     # embedded model, compressibility, 4 algorithms, 30 min each (2 hours)
     diffusion-gym-bench agents-20-steps            # DDPO-IS on compressibility at 20 sampler steps, 30 min on 2 cores
+    diffusion-gym-bench tasks                      # DDPO-IS on the aesthetic and alignment tasks, 30 min each, with their golds
     diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 5 algorithms, 3 seeds (~100 min on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
@@ -41,11 +42,11 @@ from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from diffusion_gym.embedded import world
 from diffusion_gym.embedded.evaluate import sample
+from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
-from diffusion_gym.prompts import load_prompts
+from diffusion_gym.prompts import held_out_set, load_prompts
 from diffusion_gym.rewards import jpeg_size_kb
 
 ALGORITHM_NAMES = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr-exp": "RWR", "rwr-sparse": "RWR-sparse", "ddpo-is-kl": "DDPO-IS + KL"}
@@ -77,8 +78,9 @@ class BenchConfig:
     """Epochs between evaluations (and one at the end)."""
     eval_prompts: int = 32
     """Prompts evaluated per split (a fixed spread of the task's set and of the held-out set), one sample each."""
-    held_out_prompts: str | None = "toy_world_held_out"
-    """Prompt set never trained on, for generalisation (None: skip)."""
+    held_out_prompts: str | None = "auto"
+    """Prompt set never trained on, for generalisation; "auto": the held-out set of the task's
+    prompt set if it has one (`diffusion_gym.prompts.HELD_OUT_SETS`); None: skip."""
     eval_seed: int = 1234
     """Seeds the evaluation noise: every evaluation sees the same prompts and noise."""
     train: dict = field(default_factory=dict)
@@ -121,6 +123,13 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         BenchConfig(
             tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
             train={"num_inference_steps": 20, "ddpo": {"min_step_std_ratio": 0.1, "per_prompt_buffer": 8}}, output_dir=Path("runs/bench-agents-20-steps"),
+        ),  # fmt: skip
+    ),
+    "tasks": (
+        "embedded model, the aesthetic and prompt-alignment tasks, DDPO-IS, 10,000 reward queries or 30 minutes each: the reward and its gold reference as training goes on",
+        BenchConfig(
+            tasks=("DiffusionAesthetic-v0", "DiffusionPromptAlignment-v0"), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0,
+            eval_every=5, eval_prompts=64, output_dir=Path("runs/bench-tasks"),
         ),  # fmt: skip
     ),
     "cpu": (
@@ -166,8 +175,9 @@ class Evaluator:
     def __init__(self, config: BenchConfig, train_config: TrainConfig, policy: DiffusionPolicy):
         self.envs = gym.make_vec(train_config.env_id, num_envs=min(32, config.eval_prompts), model=policy.model, **train_config.env_kwargs())
         self.splits = {"train": _spread(self.envs.unwrapped.prompts, config.eval_prompts)}
-        if config.held_out_prompts:
-            self.splits["held_out"] = _spread(load_prompts(config.held_out_prompts), config.eval_prompts)
+        held_out = held_out_set(self.envs.unwrapped.prompts) if config.held_out_prompts == "auto" else config.held_out_prompts
+        if held_out:
+            self.splits["held_out"] = _spread(load_prompts(held_out), config.eval_prompts)
         self.seed = config.eval_seed
         self.embedded = policy.model.name == "embedded"
         self.captioner = None
@@ -181,12 +191,14 @@ class Evaluator:
         metrics, images_by_split = {}, {}
         for split, prompts in self.splits.items():
             images = sample(self.envs, policy, prompts, seed=self.seed, desc=f"eval {split}")
-            rewards, _ = self.envs.unwrapped.score(images, prompts)
+            rewards, info = self.envs.unwrapped.score(images, prompts)
             metrics[f"eval_{split}_reward"] = float(rewards.mean())
+            if "gold" in info:
+                metrics[f"eval_{split}_gold"] = float(np.mean(info["gold"]))
             metrics[f"eval_{split}_jpeg_kb"] = float(jpeg_size_kb(images).mean())
-            if self.captioner is not None:
-                labels = world.labels_of([world.parse_caption(p) for p in prompts])
-                metrics[f"eval_{split}_faithfulness"] = float((self.captioner.read(images) == labels).mean())
+            if self.captioner is not None:  # the attributes each prompt names, read right (in any of their words)
+                captions = self.captioner.caption(images)
+                metrics[f"eval_{split}_faithfulness"] = float(np.mean([recall(p, c) for p, c in zip(prompts, captions)]))
             images_by_split[split] = images
         return metrics, images_by_split
 
@@ -318,6 +330,13 @@ def tables(results: dict) -> str:
                 gain_train = values(t, a, "train") - results["start"][t]["eval_train_reward"]
                 gain_held = values(t, a, "held_out") - results["start"][t]["eval_held_out_reward"]
                 lines.append(f"| {t} | {ALGORITHM_NAMES.get(a, a)} | {fmt(gain_train)} | {fmt(gain_held)} |")
+    gold_tasks = [t for t in tasks if "eval_train_gold" in results["start"][t]]
+    if gold_tasks:
+        lines += ["", "Gold reference on the training prompts (what the reward stands for; training never sees it): the reward's end value beside the gold's.\n"]
+        lines += ["| algorithm | " + " | ".join(f"{t} reward | {t} gold" for t in gold_tasks) + " |", "|---" * (2 * len(gold_tasks) + 1) + "|"]
+        lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_reward']:.4f} | {results['start'][t]['eval_train_gold']:.4f}" for t in gold_tasks) + " |")
+        for a in algorithms:
+            lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(f"{fmt(values(t, a, 'train'))} | {fmt(values(t, a, 'train', 'gold'))}" for t in gold_tasks) + " |")
     if any("eval_train_faithfulness" in results["start"][t] for t in tasks):
         lines += ["", "Prompt faithfulness (captioner's per-attribute accuracy against the prompt, training prompts): start → end.\n"]
         lines += ["| algorithm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
@@ -328,18 +347,20 @@ def tables(results: dict) -> str:
 
 
 def plot_curves(results: dict, path: Path) -> None:
-    """Evaluation reward (top) and faithfulness (bottom, embedded model) against reward queries."""
+    """Evaluation reward (top), the gold reference (tasks that have one) and faithfulness
+    (embedded model) against reward queries, on the training prompts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     tasks, cells = list(results["start"]), results["cells"]
-    has_faith = any("eval_train_faithfulness" in results["start"][t] for t in tasks)
-    rows = 2 if has_faith else 1
+    metrics = ["reward"] + [m for m in ("gold", "faithfulness") if any(f"eval_train_{m}" in results["start"][t] for t in tasks)]
+    labels = {"reward": "evaluation reward", "gold": "gold reference", "faithfulness": "prompt faithfulness"}
+    rows = len(metrics)
     fig, axes = plt.subplots(rows, len(tasks), figsize=(4.5 * len(tasks), 3.6 * rows), squeeze=False)
     for column, task in enumerate(tasks):
-        for row, metric in enumerate(["reward", "faithfulness"][:rows]):
+        for row, metric in enumerate(metrics):
             ax = axes[row, column]
             for algorithm in dict.fromkeys(c["algorithm"] for c in cells):
                 runs = [c["evaluations"] for c in cells if c["task"] == task and c["algorithm"] == algorithm]
@@ -350,7 +371,7 @@ def plot_curves(results: dict, path: Path) -> None:
                 if len(runs) > 1:
                     ax.fill_between(x, y.min(axis=0), y.max(axis=0), color=line.get_color(), alpha=0.2)
             ax.set_xlabel("reward queries")
-            ax.set_ylabel("evaluation reward" if metric == "reward" else "prompt faithfulness")
+            ax.set_ylabel(labels[metric])
             ax.set_title(task.removeprefix("Diffusion").removesuffix("-v0") if row == 0 else "")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)

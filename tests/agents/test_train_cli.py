@@ -84,3 +84,12 @@ def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_pa
     out, err = cli(*args, "--output-dir", str(killed)).communicate(timeout=300)
     assert "resuming" in out, err[-2000:]
     assert metrics(killed) == reference
+
+
+def test_the_gold_reference_is_logged_beside_the_reward(tmp_path):
+    """On a task with a gold reference the run logs gold_mean per epoch: here the aesthetic task
+    trained on its own gold, so that the two must be equal."""
+    out, err = cli("embedded-ddpo-is", *TINY, "--epochs", "1", "--env-id", "DiffusionAesthetic-v0", "--reward", "embedded_aesthetic_gold", "--output-dir", str(tmp_path)).communicate(timeout=300)
+    assert err.count("Traceback") == 0, err[-2000:]
+    (logged,) = metrics(tmp_path)
+    assert logged["gold_mean"] == pytest.approx(logged["reward_mean"], abs=1e-5) and 0 <= logged["gold_mean"] <= 10

@@ -4,13 +4,16 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
 from agents.ddpo import DDPO
-from benchmarks.run import PRESETS, VARIANTS, BenchConfig, cell_config, run
+from benchmarks.run import PRESETS, VARIANTS, BenchConfig, Evaluator, cell_config, run, tables
 from diffusion_gym import DiffusionPolicy
 from diffusion_gym.models import load_model
+from diffusion_gym.prompts import load_prompts
+from diffusion_gym.rewards import make_reward
 from diffusion_gym.samplers import DDIMSampler
 
 TINY_TRAIN = {"num_envs": 4, "batches_per_epoch": 1, "samples_per_prompt": 2, "num_inference_steps": 3, "ddpo": {"per_prompt_min_count": 2, "train_batch_size": 4}}
@@ -56,7 +59,7 @@ def test_bad_grids_are_refused():
         BenchConfig(algorithms=("ppo",))
     with pytest.raises(ValueError, match="Unknown tasks"):
         BenchConfig(tasks=("DiffusionNope-v0",))
-    assert set(PRESETS) == {"quick", "agents", "agents-20-steps", "cpu", "paper"}
+    assert set(PRESETS) == {"quick", "agents", "agents-20-steps", "tasks", "cpu", "paper"}
 
 
 def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
@@ -86,3 +89,19 @@ def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps()
     policy.enable_lora(cell.lora_rank, target_modules=cell.lora_targets)
     episode = SimpleNamespace(timesteps=policy.sampler.timesteps[None])  # all trainable_steps reads of a batch
     assert DDPO(policy, cell.ddpo).trainable_steps(episode).tolist() == list(range(18))  # the agent's own rule
+
+
+def test_the_alignment_task_is_evaluated_on_its_held_out_paraphrases_with_its_gold(tmp_path):
+    """The embedded alignment task: held-out prompts are its own held-out set ("auto"), and every
+    evaluation carries the gold judge beside the reward and faithfulness read in any wording."""
+    config = BenchConfig(tasks=("DiffusionPromptAlignment-v0",), algorithms=("ddpo-is",), budget=4, eval_prompts=4, train=TINY_TRAIN, output_dir=tmp_path / "b")
+    train_config = cell_config(config, "DiffusionPromptAlignment-v0", "ddpo-is", 0)
+    envs = gym.make_vec("DiffusionPromptAlignment-v0", num_envs=1, model="embedded", device="cpu", **train_config.env_kwargs())
+    evaluator = Evaluator(config, train_config, DiffusionPolicy.from_env(envs))
+    assert set(evaluator.splits["held_out"]) <= set(load_prompts("toy_world_paraphrases_held_out"))
+    metrics, images = evaluator(DiffusionPolicy.from_env(envs))
+    rewards, info = make_reward("embedded_alignment_judge")(images["train"], evaluator.splits["train"])
+    assert metrics["eval_train_reward"] == pytest.approx(rewards.mean()) and metrics["eval_train_gold"] == pytest.approx(info["gold"].mean())
+    assert 0 <= metrics["eval_held_out_faithfulness"] <= 1 and "eval_held_out_gold" in metrics
+    table = tables({"start": {"DiffusionPromptAlignment-v0": metrics}, "cells": []})
+    assert "Gold reference" in table and f"{metrics['eval_train_gold']:.4f}" in table
