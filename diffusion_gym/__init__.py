@@ -11,32 +11,50 @@
         obs, reward, terminated, truncated, info = envs.step(action)
         if terminated.all():
             break
+
+Importing the package registers the ids and nothing heavier: torch, diffusers and transformers
+load when an env, a policy or a model is first made (or one of the names below first used).
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from diffusion_gym.envs.registration import ENV_IDS, register_envs
 
 __version__ = "0.1.0"
 
-from diffusion_gym.envs import ENV_IDS, DiffusionEnv, DiffusionVectorEnv, register_envs
-from diffusion_gym.models import DiffusionModel, load_model
-from diffusion_gym.policy import DiffusionPolicy
-from diffusion_gym.prompts import PROMPT_SETS, load_prompts
-from diffusion_gym.rewards import REWARDS, make_reward
-from diffusion_gym.samplers import DDIMSampler, SamplerStep, gaussian_log_prob
-
 register_envs()
 
-__all__ = [
-    "DDIMSampler",
-    "DiffusionEnv",
-    "DiffusionModel",
-    "DiffusionPolicy",
-    "DiffusionVectorEnv",
-    "ENV_IDS",
-    "PROMPT_SETS",
-    "REWARDS",
-    "SamplerStep",
-    "gaussian_log_prob",
-    "load_model",
-    "load_prompts",
-    "make_reward",
-    "register_envs",
-]
+# The public names, each imported from its module on first use.
+_LAZY = {
+    "DDIMSampler": "diffusion_gym.samplers",
+    "SamplerStep": "diffusion_gym.samplers",
+    "gaussian_log_prob": "diffusion_gym.samplers",
+    "DiffusionEnv": "diffusion_gym.envs.diffusion_env",
+    "DiffusionVectorEnv": "diffusion_gym.envs.diffusion_env",
+    "RewardError": "diffusion_gym.envs.diffusion_env",
+    "DiffusionModel": "diffusion_gym.models",
+    "load_model": "diffusion_gym.models",
+    "DiffusionPolicy": "diffusion_gym.policy",
+    "PROMPT_SETS": "diffusion_gym.prompts",
+    "load_prompts": "diffusion_gym.prompts",
+    "REWARDS": "diffusion_gym.rewards",
+    "make_reward": "diffusion_gym.rewards",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'diffusion_gym' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["ENV_IDS", "register_envs", *sorted(_LAZY)]

@@ -28,8 +28,10 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 def check_guidance_scale(guidance_scale: float) -> float:
     """`guidance_scale` as a float, or a ValueError if it is not a finite number >= 0."""
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float, np.integer, np.floating)):
+        raise ValueError(f"guidance_scale must be a number >= 0 (1.0: no guidance), got {guidance_scale!r} ({type(guidance_scale).__name__}).")
     if not (np.isfinite(guidance_scale) and guidance_scale >= 0):
-        raise ValueError(f"guidance_scale must be a finite number >= 0, got {guidance_scale}")
+        raise ValueError(f"guidance_scale must be a finite number >= 0 (1.0: no guidance), got {guidance_scale}")
     return float(guidance_scale)
 
 

@@ -9,11 +9,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import logger
-from gymnasium.spaces import Box, Dict, Discrete, Text
+from gymnasium.spaces import Box, Dict, Discrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_gym.envs.registration import PAPER_DEFAULTS
+from diffusion_gym.envs.spaces import PromptText, TensorBox, TensorDiscrete, TensorMultiDiscrete
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.policy import DiffusionPolicy, check_guidance_interval, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
@@ -21,6 +22,22 @@ from diffusion_gym.rewards import RewardFn, check_reward, make_reward
 from diffusion_gym.samplers import DDIMSampler
 
 ARRAY_TYPES = ("numpy", "torch")
+
+
+class RewardError(ValueError):
+    """The reward function raised, or returned something other than (rewards, info). The env was
+    not advanced: the same step can be taken again, and the finished episodes' images and prompts
+    are on the error (`images`, `prompts`), so that nothing sampled is lost."""
+
+    def __init__(self, message: str, images: np.ndarray, prompts: list[str]):
+        super().__init__(message)
+        self.images, self.prompts = images, prompts
+
+
+def _reward_name(reward_fn: Any) -> str:
+    """How a reward function is named in errors: its registered factory's name, or its own."""
+    name = getattr(reward_fn, "__qualname__", None) or type(reward_fn).__name__
+    return repr(name.removesuffix(".<locals>.reward"))
 
 
 class DiffusionVectorEnv(VectorEnv):
@@ -115,8 +132,10 @@ class DiffusionVectorEnv(VectorEnv):
         render_mode: str | None = None,
         reward_kwargs: dict[str, Any] | None = None,
     ):
-        if not isinstance(num_envs, int) or num_envs < 1:
+        self._init_kwargs = {k: v for k, v in locals().items() if k not in ("self", "__class__")}  # to pickle the env by remaking it
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ValueError(f"num_envs must be a positive int, got {num_envs!r}")
+        num_envs = int(num_envs)
         if array_type not in ARRAY_TYPES:
             raise ValueError(f"array_type must be one of {ARRAY_TYPES}, got {array_type!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
@@ -146,15 +165,19 @@ class DiffusionVectorEnv(VectorEnv):
 
         sample_shape = self.model.sample_shape
         max_prompt_length = max(256, *(len(p) for p in self.prompts))
+        tensors = array_type == "torch"  # spaces whose contains() takes the torch observations too
         self.single_observation_space = Dict(
             {
-                "prompt": Text(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET),
-                "timestep": Discrete(self.sampler.num_train_timesteps),
-                "x_t": Box(-np.inf, np.inf, shape=sample_shape, dtype=np.float32),
+                "prompt": PromptText(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET),
+                "timestep": (TensorDiscrete if tensors else Discrete)(self.sampler.num_train_timesteps),
+                "x_t": (TensorBox if tensors else Box)(-np.inf, np.inf, shape=sample_shape, dtype=np.float32),
             }
         )
         self.single_action_space = Box(-np.inf, np.inf, shape=sample_shape, dtype=np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
+        if tensors:
+            self.observation_space["timestep"] = TensorMultiDiscrete(np.full(num_envs, self.sampler.num_train_timesteps))
+            self.observation_space["x_t"] = TensorBox(-np.inf, np.inf, shape=(num_envs, *sample_shape), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         self._timesteps: list[int] = self.sampler.timesteps.tolist()
@@ -170,9 +193,9 @@ class DiffusionVectorEnv(VectorEnv):
     # ---------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         """Start new episodes; `options={"prompts": str | list[str]}` fixes this reset's prompts."""
-        if seed is not None and not isinstance(seed, (int, np.integer)):
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None, got {seed!r} (one seed seeds all sub-envs).")
-        super().reset(seed=seed)
+        super().reset(seed=None if seed is None else int(seed))
         self._start_episodes(self._prompts_from_options(options))
         return self._observation(), {}
 
@@ -227,6 +250,8 @@ class DiffusionVectorEnv(VectorEnv):
         if "prompts" not in options:
             return None
         prompts = options["prompts"]
+        if not isinstance(prompts, (str, list, tuple)):
+            raise ValueError(f"options['prompts'] must be a str or a list of num_envs={self.num_envs} str, got {prompts!r}; leave it out to draw prompts from the env's set.")
         prompts = [prompts] * self.num_envs if isinstance(prompts, str) else list(prompts)
         if len(prompts) != self.num_envs:
             raise ValueError(f"options['prompts'] has {len(prompts)} prompts; give one str or a list of num_envs={self.num_envs}.")
@@ -263,35 +288,56 @@ class DiffusionVectorEnv(VectorEnv):
         if isinstance(action, np.ndarray):
             x = torch.tensor(action, device=self.device)  # a copy: the caller may reuse its buffer
         else:
-            x = action.detach().to(self.device)
+            x = action.detach().to(self.device, copy=True)  # a copy too: the next state must not change with the caller's tensor
         if not bool(torch.isfinite(x).all()):
             raise ValueError("The action has NaN or infinite values; the env state was left unchanged.")
         return x
 
     def _advance(self, x_prev: torch.Tensor) -> tuple[dict, Any, Any, Any, dict]:
-        """Move every episode to the checked action x_{t-1}; score the episodes that end."""
-        self._x = x_prev
-        self._step_index += 1
+        """Move every episode to the checked action x_{t-1}; score the episodes that end. The
+        reward runs before anything moves: if it fails (`RewardError`), the env is as it was."""
         rewards = np.zeros(self.num_envs)
         infos: dict[str, Any] = {}
-        if self._episode_over:
-            images = self.model.decode(self._x)
+        if self._step_index + 1 == self.num_steps:
+            images = self.model.decode(x_prev)
             rewards, reward_info = (rewards, {}) if self._defer_rewards else self.score(images, list(self._episode_prompts))
             mask = np.ones(self.num_envs, dtype=bool)
             infos = {"images": images, "_images": mask, "reward_info": reward_info, "_reward_info": mask}
+        self._x = x_prev
+        self._step_index += 1
         done = np.full(self.num_envs, self._episode_over)
         return self._observation(), self._out(rewards), self._out(done), self._out(np.zeros(self.num_envs, dtype=bool)), infos
 
     def score(self, images: np.ndarray, prompts: list[str]) -> tuple[np.ndarray, dict]:
-        """The reward function on finished episodes, its output checked: ((N,) float64, info)."""
-        rewards, info = self.reward_fn(images, prompts)
-        rewards = np.asarray(rewards, dtype=np.float64)
+        """The reward function on finished episodes, its output checked: ((N,) float64, info).
+
+        Raises:
+            RewardError: the reward raised, or returned something else; it carries the images.
+        """
+        name = _reward_name(self.reward_fn)
+        signature = "fn(images, prompts) -> (rewards, info): an (N,) array of finite floats and a dict ({} for none)"
+        try:
+            result = self.reward_fn(images, prompts)
+        except Exception as error:
+            raise RewardError(
+                f"The reward {name} raised {type(error).__name__}: {error}. The env was not advanced: fix the reward and "
+                "take the same step again, or find the images and prompts on this error (.images, .prompts).",
+                images, prompts,
+            ) from error  # fmt: skip
+        if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
+            described = f"a {type(result).__name__}" + (f" of length {len(result)}" if isinstance(result, tuple) else "")
+            if isinstance(result, tuple) and len(result) == 2:
+                described = f"(rewards, {type(result[1]).__name__})"
+            raise RewardError(f"The reward {name} returned {described}; a reward must be {signature}.", images, prompts)
+        try:
+            rewards = np.asarray(result[0], dtype=np.float64)
+        except (TypeError, ValueError):
+            rewards = np.asarray([np.nan])
         if rewards.shape != (len(images),) or not np.isfinite(rewards).all():
-            raise ValueError(
-                f"The reward function must return {len(images)} finite rewards, got shape {rewards.shape} "
-                f"with values {rewards!r}."
+            raise RewardError(
+                f"The reward {name} must return {len(images)} finite rewards, got {result[0]!r}; a reward must be {signature}.", images, prompts
             )
-        return rewards, dict(info)
+        return rewards, dict(result[1])
 
     @contextmanager
     def deferred_rewards(self) -> Iterator[None]:
@@ -303,6 +349,24 @@ class DiffusionVectorEnv(VectorEnv):
             yield
         finally:
             self._defer_rewards = False
+
+    def __getstate__(self) -> dict:
+        """Pickled as its arguments and its episode's state; unpickling makes the env again (the
+        model is loaded again, a registered reward made again by its name), then restores them."""
+        rng = self._np_random
+        return {
+            "kwargs": self._init_kwargs, "rng": None if rng is None else rng.bit_generator.state, "seed": self._np_random_seed,
+            "step_index": self._step_index, "x": None if self._x is None else self._x.cpu(), "prompts": list(self._episode_prompts),
+        }  # fmt: skip
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state["kwargs"])
+        if state["rng"] is not None:
+            self._np_random = np.random.Generator(getattr(np.random, state["rng"]["bit_generator"])())
+            self._np_random.bit_generator.state = state["rng"]
+        self._np_random_seed = state["seed"]
+        self._step_index, self._episode_prompts = state["step_index"], state["prompts"]
+        self._x = None if state["x"] is None else state["x"].to(self.device)
 
     def _observation(self) -> dict[str, Any]:
         timestep = 0 if self._episode_over else self._timesteps[self._step_index]

@@ -97,6 +97,8 @@ def load_prompts(prompts: str | Sequence[str]) -> list[str]:
         ValueError: unknown set name, an empty list, an empty prompt, or a character outside
             `PROMPT_CHARSET`.
     """
+    if prompts is None or not isinstance(prompts, (str, Sequence)) or isinstance(prompts, bytes):
+        raise ValueError(f"prompts must be a prompt set name ({sorted(PROMPT_SETS)}) or a list of prompts, got {prompts!r}.")
     if isinstance(prompts, str):
         if prompts not in PROMPT_SETS:
             raise ValueError(
@@ -114,8 +116,8 @@ def load_prompts(prompts: str | Sequence[str]) -> list[str]:
 
 def check_prompt(prompt: object) -> str:
     """Return `prompt` if it is a non-empty string of `PROMPT_CHARSET` characters, else raise ValueError."""
-    if not isinstance(prompt, str) or not prompt:
-        raise ValueError(f"A prompt must be a non-empty string, got {prompt!r}.")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError(f"A prompt must be a non-empty string with at least one visible character, got {prompt!r}.")
     bad = sorted(set(prompt) - set(PROMPT_CHARSET))
     if bad:
         raise ValueError(f"Prompt {prompt!r} has characters outside printable ASCII: {bad}.")

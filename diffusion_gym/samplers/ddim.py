@@ -8,6 +8,7 @@ gives the same x_{t-1} as `DDIMScheduler.step(..., eta=eta, variance_noise=noise
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -27,13 +28,16 @@ class DDIMSampler:
     """
 
     def __init__(self, scheduler: SchedulerMixin, num_inference_steps: int, eta: float = 1.0):
+        if isinstance(eta, bool) or not isinstance(eta, (int, float, np.integer, np.floating)):
+            raise ValueError(f"eta must be a number in (0, 1], got {eta!r} ({type(eta).__name__}).")
         if not 0 < eta <= 1:
             raise ValueError(
                 f"eta must be > 0 for a stochastic policy with a log-prob, and <= 1 for DDIM, got {eta}; "
                 "eta=1.0 is the paper's setting (eta=0 is deterministic DDIM)."
             )
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
+        num_inference_steps = int(num_inference_steps)
         self.scheduler = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
         if self.scheduler.config.thresholding:
             raise ValueError("DDIMSampler does not support dynamic thresholding; use a scheduler config with thresholding=False.")
