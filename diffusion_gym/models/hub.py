@@ -8,8 +8,9 @@ there. When neither works, the error names the model and says how to provide it.
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 from urllib.parse import urlparse
 
 T = TypeVar("T")
@@ -42,21 +43,45 @@ def load_offline_first(repo_id: str, load: Callable[[bool], T], how_to_provide: 
         ValueError: neither the cache nor the hub could provide `repo_id`.
     """
     if Path(repo_id).is_dir():  # a local folder: nothing to ask the hub (its own errors come through)
-        return load(True)
+        with quiet_libraries():
+            return load(True)
     try:
-        return load(True)
+        with quiet_libraries():
+            return load(True)
     except (OSError, ValueError):
         pass  # not (fully) in the local cache: try the hub below, if it can be reached
     reason = hub_unreachable_reason()
     if reason is None:
         try:
-            return load(False)
+            return load(False)  # a download shows its progress
         except (OSError, ValueError) as error:
             reason = str(error).splitlines()[0]
     raise ValueError(
         f"Could not load {repo_id!r}: it is not a local path, not in the Hugging Face cache, and the hub "
         f"could not provide it ({reason}). {how_to_provide}"
     )
+
+
+def check_available(repo_id: str, how_to_provide: str, filename: str | None = None) -> None:
+    """Raise now if `repo_id` (or its one file `filename`) is neither a local path, nor in the
+    local cache, nor downloadable: rewards whose models load lazily call this when they are made,
+    so that a missing model fails before any sampling, not at the end of the first episode."""
+    if Path(repo_id if filename is None else Path(repo_id) / filename).exists():
+        return
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        if filename is None:
+            snapshot_download(repo_id, local_files_only=True)
+        else:
+            hf_hub_download(repo_id, filename, local_files_only=True)
+        return
+    except Exception:  # not a hub id, or not in the cache: can the hub be asked at the first use?
+        pass
+    reason = hub_unreachable_reason()
+    if reason is not None:
+        name = repo_id if filename is None else f"{repo_id}/{filename}"
+        raise ValueError(f"{name!r} is not a local path, not in the Hugging Face cache, and the hub cannot be reached ({reason}). {how_to_provide}")
 
 
 def hub_file(repo_id: str, filename: str) -> str:
@@ -69,3 +94,24 @@ def hub_file(repo_id: str, filename: str) -> str:
         f"On a machine with hub access run `huggingface-cli download {repo_id} {filename} --local-dir DIR` "
         f"and pass the path of DIR/{filename}.",
     )
+
+
+@contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence transformers' and diffusers' progress bars and warnings for what they load and
+    save for us ("Loading weights", "should be kept in float32"); our own errors still come."""
+    import diffusers
+    import transformers
+
+    levels = (transformers.logging.get_verbosity(), diffusers.logging.get_verbosity())
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.logging.set_verbosity_error()
+    diffusers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.logging.set_verbosity(levels[0])
+        diffusers.logging.set_verbosity(levels[1])
+        if bars:
+            transformers.utils.logging.enable_progress_bar()

@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from diffusion_gym.embedded import EMBEDDED_DIR
-from diffusion_gym.models.hub import load_offline_first
+from diffusion_gym.models.hub import load_offline_first, quiet_libraries
 from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
 from diffusion_gym.models.tiny import build_tiny_random
 
@@ -142,10 +142,22 @@ def _read_model_index(model: str, local_files_only: bool) -> dict:
         from huggingface_hub import hf_hub_download
 
         path = Path(hf_hub_download(model, "model_index.json", local_files_only=local_files_only))
-    return json.loads(path.read_text())
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(
+            f"{str(path)!r} is not valid JSON ({error}); restore it, or write the folder again with `pipeline.save_pretrained(folder)`."
+        ) from None
+    if not isinstance(index, dict):
+        raise ValueError(f"{str(path)!r} holds a {type(index).__name__}, not an object of parts; write the folder again with `pipeline.save_pretrained(folder)`.")
+    return index
 
 
 def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
+    """Each part named by model_index.json, loaded with its class. A broken folder (a part's folder
+    or weights missing, a class that does not exist, a config that does not parse, a tokenizer
+    without its vocabulary) fails here with a ValueError naming the folder, the part and the fix,
+    not later in sampling."""
     index = _read_model_index(model, local_files_only)
     missing = [part for part in REQUIRED_COMPONENTS if not _names_a_class(index.get(part))]
     if missing:
@@ -156,12 +168,51 @@ def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
         if not _names_a_class(entry):
             parts[part] = None
             continue
-        library, class_name = entry
-        if library not in _ALLOWED_LIBRARIES:
-            raise ValueError(f"{model!r}: {part} names a class from {library!r}; only {_ALLOWED_LIBRARIES} are loaded.")
-        cls = getattr(importlib.import_module(library), class_name)
-        parts[part] = cls.from_pretrained(model, subfolder=part, local_files_only=local_files_only)
+        parts[part] = _load_part(model, part, *entry, local_files_only=local_files_only)
+    _check_tokenizer(model, parts["tokenizer"], parts["text_encoder"])
     return DiffusionModel(**parts, name=model)
+
+
+def _load_part(model: str, part: str, library: str, class_name: str, local_files_only: bool):
+    where = f"{model!r}: its {part} ({library}.{class_name})"
+    if library not in _ALLOWED_LIBRARIES:
+        raise ValueError(f"{model!r}: {part} names a class from {library!r}; only {_ALLOWED_LIBRARIES} are loaded.")
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if cls is None or not hasattr(cls, "from_pretrained"):
+        raise ValueError(
+            f"{where}: {library} has no loadable class {class_name!r}; correct the name in model_index.json, "
+            f"or install the {library} version that wrote it."
+        )
+    if Path(model).is_dir() and not (Path(model) / part).is_dir():
+        raise ValueError(f"{where}: model_index.json names it but the folder has no {part}/ subfolder; copy it in, or save the pipeline again.")
+    try:
+        with quiet_libraries():
+            return cls.from_pretrained(model, subfolder=part, local_files_only=local_files_only)
+    except (OSError, ValueError, RuntimeError, KeyError, TypeError, json.JSONDecodeError) as error:
+        reason = str(error).strip().splitlines()[0].rstrip(".") if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{where} could not be loaded from {part}/: {reason}. Its weights or config are missing or damaged; "
+            "copy the part again from a good copy of the pipeline, or save the pipeline again with `save_pretrained`."
+        ) from error
+
+
+def _check_tokenizer(model: str, tokenizer, text_encoder) -> None:
+    """A tokenizer that loads can still be empty (no vocabulary file: every word the unknown token)
+    or not the text encoder's; catch that here, not as garbage samples or an overflow in `act`."""
+    where = f"{model!r}: its tokenizer ({type(tokenizer).__name__})"
+    fix = "copy tokenizer/ (vocabulary, merges, tokenizer_config.json) from a good copy of the pipeline, or save it again with `tokenizer.save_pretrained`"
+    max_length = getattr(tokenizer, "model_max_length", None)
+    positions = getattr(text_encoder.config, "max_position_embeddings", None)
+    if not isinstance(max_length, int) or max_length > 100_000:
+        raise ValueError(f"{where} has no usable model_max_length ({max_length!r}): its tokenizer_config.json is missing or lacks it; {fix}.")
+    if positions is not None and max_length > positions:
+        raise ValueError(f"{where} pads prompts to {max_length} tokens but the text encoder has {positions} positions; {fix}.")
+    vocab_size = getattr(text_encoder.config, "vocab_size", None)
+    if vocab_size is not None and len(tokenizer) > vocab_size:
+        raise ValueError(f"{where} has {len(tokenizer)} tokens but the text encoder embeds {vocab_size}: they are not a pair; {fix}.")
+    ids = tokenizer("a photo of a red cat", add_special_tokens=False).input_ids
+    if len(tokenizer) < 8 or (tokenizer.unk_token_id is not None and all(i == tokenizer.unk_token_id for i in ids)):
+        raise ValueError(f"{where} reads every word as the unknown token ({len(tokenizer)} tokens): its vocabulary is missing; {fix}.")
 
 
 def _names_a_class(entry: object) -> bool:
