@@ -141,6 +141,12 @@ class DiffusionPolicy(nn.Module):
             raise ValueError("LoRA adapters are already enabled on this policy.")
         if not isinstance(rank, int) or rank < 1:
             raise ValueError(f"LoRA rank must be a positive int, got {rank!r}")
+        names = [name for name, _ in self.unet.named_modules()]
+        if not any(name == t or name.endswith("." + t) for t in target_modules for name in names):
+            raise ValueError(
+                f"No UNet module matches the LoRA targets {list(target_modules)}; a target is the last part of a module's name, "
+                f"e.g. {sorted({n.rsplit('.', 1)[-1] for n in names if n.endswith(('to_q', 'to_k', 'conv1'))})} (the default: {list(DEFAULT_LORA_TARGETS)})."
+            )
         self.unet.requires_grad_(False)
         config = LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian", target_modules=list(target_modules))
         with torch.random.fork_rng(devices=[]):

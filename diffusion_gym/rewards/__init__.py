@@ -4,16 +4,20 @@
     rewards, info = reward_fn(images, prompts)   # (N, H, W, 3) uint8, list[str] -> (N,), dict
 
 Any callable with that signature can be passed where a reward name is accepted. Factories whose
-rewards run a model take `device`; their models load on the first call, once per process.
+rewards run a model take `device`; their models load on the first call, once per process, but
+where they come from is checked when the reward is made, so a missing model fails before any
+sampling.
 """
 
 from __future__ import annotations
 
 import inspect
+import typing
 from typing import Callable
 
 import torch
 
+from diffusion_gym.coerce import coerce
 from diffusion_gym.rewards.aesthetic import AestheticScorer, aesthetic
 from diffusion_gym.rewards.alignment import embedded_alignment, prompt_alignment
 from diffusion_gym.rewards.base import RewardFn, check_images
@@ -49,10 +53,12 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
         reward: a name in `REWARDS` or a callable `fn(images, prompts) -> (rewards, info)`.
         device: where a registered reward's models run, if its factory takes a device (an
             explicit `device` in `kwargs` wins); ignored for callables.
-        kwargs: options of the registered factory.
+        kwargs: options of the registered factory; text (from a command line) is converted to
+            the types the factory declares.
 
     Raises:
-        ValueError: an unknown name (the message lists the known ones) or a non-callable.
+        ValueError: an unknown name (the message lists the known ones), a non-callable, or an
+            option the factory does not take or of the wrong type.
     """
     check_reward(reward)
     if callable(reward):
@@ -60,7 +66,13 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
             raise ValueError("Reward options apply to a registered reward name, not to a callable.")
         return reward
     factory = REWARDS[reward]
-    if device is not None and "device" in inspect.signature(factory).parameters:
+    parameters = inspect.signature(factory).parameters
+    unknown = sorted(set(kwargs) - set(parameters))
+    if unknown:
+        raise ValueError(f"The reward {reward!r} has no options {unknown}; its options: {list(parameters) or 'none'}.")
+    hints = typing.get_type_hints(factory)
+    kwargs = {k: coerce(v, hints[k], f"{reward} option {k!r}") if isinstance(v, str) and k in hints else v for k, v in kwargs.items()}
+    if device is not None and "device" in parameters:
         kwargs = {"device": str(device), **kwargs}
     return factory(**kwargs)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion_gym.models.hub import hub_file, load_offline_first
+from diffusion_gym.models.hub import check_available, hub_file, load_offline_first
 from diffusion_gym.rewards.base import check_image_list
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -63,6 +63,12 @@ class AestheticScorer:
     def __init__(self, clip_model: str = CLIP_MODEL, mlp_weights: str | Path | None = None, device: str | torch.device = "cpu", batch_size: int = 32):
         self.clip_model, self.mlp_weights = str(clip_model), mlp_weights
         self.device, self.batch_size = torch.device(device), batch_size
+        # where the models come from is checked now; they load on the first call
+        check_available(self.clip_model, f"On a machine with hub access run `huggingface-cli download {self.clip_model} --local-dir DIR` and pass clip_model='DIR'.")
+        if mlp_weights is None:
+            check_available(MLP_REPO, f"Pass mlp_weights='PATH' of sac+logos+ava1-l14-linearMSE.pth, or run `huggingface-cli download {MLP_REPO} {MLP_FILENAME}` on a machine with hub access.", MLP_FILENAME)
+        elif not Path(mlp_weights).is_file():
+            raise ValueError(f"The aesthetic MLP weights {str(mlp_weights)!r} do not exist; pass mlp_weights='PATH' of sac+logos+ava1-l14-linearMSE.pth.")
 
     @functools.cached_property
     def models(self) -> tuple:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_gym.models.hub import load_offline_first
+from diffusion_gym.models.hub import check_available, load_offline_first
 from diffusion_gym.rewards.base import check_images
 
 VLM = Callable[[np.ndarray, str], list[str]]
@@ -60,6 +60,7 @@ class TransformersVLM:
             raise ValueError(f"kind must be one of {VLM_KINDS}, got {kind!r}.")
         self.model_name, self.kind, self.device, self.dtype = str(model), kind, torch.device(device), dtype
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        check_available(self.model_name, _how_to_provide(self.model_name))  # it loads on the first call
 
     @functools.cached_property
     def parts(self) -> tuple:
@@ -108,8 +109,14 @@ def _load_vlm(name: str, kind: str):
     return load_offline_first(
         name,
         load,
+        _how_to_provide(name),
+    )
+
+
+def _how_to_provide(name: str) -> str:
+    return (
         f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass vlm='DIR', "
-        "or serve the VLM on another machine (`python -m diffusion_gym.rewards.vlm`) and pass vlm_kind='http', vlm='http://HOST:PORT'.",
+        "or serve the VLM on another machine (`python -m diffusion_gym.rewards.vlm`) and pass vlm_kind='http', vlm='http://HOST:PORT'."
     )
 
 

@@ -79,17 +79,17 @@ def test_the_reward_scores_a_batch_and_the_mlp_has_the_published_layout(parts):
     np.testing.assert_array_equal(info["aesthetic"], rewards)
 
 
-def test_models_load_lazily_and_missing_weights_say_how_to_provide_them(parts, tmp_path):
-    clip, _, _ = parts
-    reward_fn = make_reward("aesthetic", clip_model="diffusion-gym-tests/no-such-clip")  # nothing loads yet
-    images = np.zeros((1, 32, 32, 3), dtype=np.uint8)
+def test_models_load_lazily_but_missing_ones_fail_when_the_reward_is_made(parts, tmp_path):
+    clip, mlp_weights, _ = parts
+    reward_fn = make_reward("aesthetic", clip_model=str(clip), mlp_weights=str(mlp_weights))
+    assert "models" not in vars(reward_fn.scorer), "nothing loads before the first call"
     start = time.perf_counter()
     with pytest.raises(ValueError) as error:
-        reward_fn(images, ["a cat"])
+        make_reward("aesthetic", clip_model="diffusion-gym-tests/no-such-clip")
     assert time.perf_counter() - start < 10, "an unreachable hub must not be waited on"
     assert "no-such-clip" in str(error.value) and "clip_model='DIR'" in str(error.value)
     with pytest.raises(ValueError, match="do not exist"):
-        AestheticScorer(clip_model=str(clip), mlp_weights=tmp_path / "missing.pth")(images)
+        AestheticScorer(clip_model=str(clip), mlp_weights=tmp_path / "missing.pth")
 
 
 def test_bad_images_are_rejected(parts):
