@@ -79,7 +79,10 @@ class DDPOConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for the training forward pass ("fp16" on CUDA only)."""
 
-    def __post_init__(self) -> None:
+    def check(self, prefix: str = "") -> None:
+        """Raise ValueError for a setting out of range, named with `prefix` ("ddpo." inside a
+        `TrainConfig`). Run by `DDPO` and by `TrainConfig`, not at construction: a command line
+        parser constructs this before the whole config, and would name it by its internal path."""
         checks = [
             (self.estimator in ("sf", "is"), f"estimator must be 'sf' or 'is', got {self.estimator!r}"),
             (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
@@ -96,7 +99,7 @@ class DDPOConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ValueError(prefix + message)
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, estimator: str, clip_range: float) -> tuple[torch.Tensor, dict]:
@@ -132,6 +135,7 @@ class DDPO:
     """
 
     def __init__(self, policy: DiffusionPolicy, config: DDPOConfig, generator: torch.Generator | None = None):
+        config.check()
         self.policy, self.config = policy, config
         self.parameters = policy.trainable_parameters()
         if not self.parameters:

@@ -47,7 +47,10 @@ class RWRConfig:
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
 
-    def __post_init__(self) -> None:
+    def check(self, prefix: str = "") -> None:
+        """Raise ValueError for a setting out of range, named with `prefix` ("ddpo." inside a
+        `TrainConfig`). Run by `RWR` and by `TrainConfig`, not at construction: a command line
+        parser constructs this before the whole config, and would name it by its internal path."""
         checks = [
             (self.weighting in ("exp", "sparse"), f"weighting must be 'exp' or 'sparse', got {self.weighting!r}"),
             (self.beta > 0, f"beta must be > 0, got {self.beta}"),
@@ -58,7 +61,7 @@ class RWRConfig:
         ]
         for ok, message in checks:
             if not ok:
-                raise ValueError(message)
+                raise ValueError(prefix + message)
 
 
 def rwr_weights(rewards: np.ndarray, config: RWRConfig) -> np.ndarray:
@@ -75,6 +78,7 @@ class RWR:
     """Reward-weighted regression on a `DiffusionPolicy` (LoRA or full fine-tuning enabled)."""
 
     def __init__(self, policy: DiffusionPolicy, config: RWRConfig, generator: torch.Generator | None = None):
+        config.check()
         self.policy, self.config = policy, config
         self.parameters = policy.trainable_parameters()
         if not self.parameters:

@@ -7,8 +7,10 @@
 
 Each run folder gets: config.json (the resolved config), metrics.jsonl (one line per epoch),
 TensorBoard events (scalars and sample grids), checkpoint.pt (atomic, every `save_every`
-epochs; the same command resumes from it after a crash), and the final weights (final/:
-the LoRA adapter or the full UNet). With several processes each samples its own prompts and
+epochs, the one before kept as checkpoint.prev.pt), and the final weights (final/: the LoRA
+adapter or the full UNet). The same command resumes from the checkpoint after a crash; a
+command with other run-defining settings is refused (`agents.run_folder`). Every setting is
+checked before the folder is touched. With several processes each samples its own prompts and
 noise, rewards are gathered for the advantages, gradients are averaged, and only the main
 process writes.
 """
@@ -19,9 +21,10 @@ import dataclasses
 import json
 import os
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -30,14 +33,17 @@ import tyro
 from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
+from agents import run_folder
 from agents.buffer import collect
 from agents.ddpo import DDPO, DDPOConfig
 from agents.distributed import is_distributed, rank, world_size
 from agents.rwr import RWR, RWRConfig
-from diffusion_gym.policy import DEFAULT_LORA_TARGETS, DiffusionPolicy
+from diffusion_gym.coerce import coerce
+from diffusion_gym.models.hub import quiet_libraries
+from diffusion_gym.policy import DEFAULT_LORA_TARGETS, DiffusionPolicy, check_guidance_scale
+from diffusion_gym.rewards import check_reward
 
 ALGORITHMS = ("ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse")
-CHECKPOINT = "checkpoint.pt"
 
 
 @dataclass
@@ -52,6 +58,9 @@ class TrainConfig:
     """Hub id, local pipeline folder, "embedded" or "tiny-random"."""
     reward: str | None = None
     """Registered reward name; None: the task's own."""
+    reward_kwargs: dict[str, str] = field(default_factory=dict)
+    """Options of the reward, e.g. `--reward-kwargs clip_model /models/clip mlp_weights /models/mlp.pth`
+    (converted to the reward factory's types)."""
     prompts: str | None = None
     """Prompt set name; None: the model's own, else the task's."""
     num_inference_steps: int | None = None
@@ -94,6 +103,8 @@ class TrainConfig:
     """dtype of the frozen networks."""
     output_dir: Path = Path("runs/train")
     """The run folder: config, metrics, TensorBoard, checkpoint, final weights."""
+    overwrite: bool = False
+    """Delete the run in output_dir (its config, metrics, TensorBoard, checkpoints, final weights) and start afresh."""
     save_every: int = 1
     """Epochs between checkpoints."""
     images_every: int = 5
@@ -106,6 +117,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.")
+        if self.env_id not in gym.registry:
+            raise ValueError(f"Unknown env_id {self.env_id!r}; registered: {sorted(i for i in gym.registry if i.startswith('Diffusion'))}.")
+        if self.reward is not None:
+            check_reward(self.reward)
+        if self.guidance_scale is not None:
+            check_guidance_scale(self.guidance_scale)
+        if not self.lora_targets and self.finetuning == "lora":
+            raise ValueError("lora_targets is empty; name the modules that get adapters (the default: the attention projections), or use --finetuning full.")
+        if self.output_dir.exists() and not self.output_dir.is_dir():
+            raise ValueError(f"output_dir {str(self.output_dir)!r} is a file; give a folder (it is made if missing).")
+        self.ddpo.check("ddpo.")
+        self.rwr.check("rwr.")
         for name in ("num_envs", "batches_per_epoch", "epochs", "lora_rank", "save_every", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
@@ -125,11 +148,47 @@ class TrainConfig:
         else:
             self.rwr = dataclasses.replace(self.rwr, weighting=self.algorithm.split("-")[1])
 
-
     def env_kwargs(self) -> dict:
         """The env settings this run gives (the rest are the task's and the model's defaults)."""
         settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps), ("guidance_scale", self.guidance_scale), ("guidance_interval", self.guidance_interval))
-        return {k: v for k, v in settings if v is not None}
+        kwargs = {k: v for k, v in settings if v is not None}
+        if self.reward_kwargs:
+            kwargs["reward_kwargs"] = dict(self.reward_kwargs)
+        return kwargs
+
+    def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
+        """This config with `overrides` applied, as a new, validated config.
+
+        Args:
+            overrides: {"num_envs": 8, "ddpo.clip_range": "1e-3"} or nested {"ddpo": {"clip_range": 1e-3}};
+                text is converted to each setting's type (a command line's `--train num_envs 8`).
+
+        Raises:
+            ValueError: an unknown setting (the message lists the known ones), or a value of the wrong type.
+        """
+        return _override(self, overrides, "")
+
+
+def _override(config: Any, overrides: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(type(config))
+    names = [f.name for f in dataclasses.fields(config)]
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict] = {}
+    for key, value in overrides.items():
+        head, _, rest = str(key).replace("-", "_").partition(".")
+        if head not in names:
+            raise ValueError(f"Unknown setting {prefix + head!r}; {type(config).__name__} has {names}.")
+        if dataclasses.is_dataclass(getattr(config, head)):
+            if not rest and not isinstance(value, dict):
+                raise ValueError(f"{prefix + head} is a group of settings; set one of them, e.g. {prefix + head}.{dataclasses.fields(getattr(config, head))[0].name}.")
+            nested.setdefault(head, {}).update({rest: value} if rest else value)
+        elif rest:
+            raise ValueError(f"{prefix + head} has no settings under it; {prefix + head + '.' + rest!r} is not a setting.")
+        else:
+            changes[head] = coerce(value, hints[head], prefix + head)
+    for head, group in nested.items():
+        changes[head] = _override(getattr(config, head), group, f"{prefix}{head}.")
+    return dataclasses.replace(config, **changes)
 
 
 # ---------------------------------------------------------------- presets
@@ -209,14 +268,11 @@ def _trainable_state(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
     return {name: p.detach().cpu().clone() for name, p in policy.unet.named_parameters() if p.requires_grad}
 
 
-def _save_checkpoint(path: Path, state: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)  # atomic: a crash leaves the previous checkpoint whole
-
-
 def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict] | None = None) -> list[dict]:
     """Run (or resume) a training run; returns the metrics of every epoch.
+
+    Everything is checked before the run folder is touched: the config, the folder (a run with
+    other settings in it is refused), the env with its model and reward, the policy and agent.
 
     Args:
         config: the run.
@@ -226,9 +282,8 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     """
     main_process = rank() == 0
     out = config.output_dir
-    if main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2, default=str) + "\n")
+    resolved = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # as config.json holds it
+    plan = run_folder.plan(out, resolved, overwrite=config.overwrite)
 
     device = config.device
     if device == "cuda" and is_distributed():
@@ -246,9 +301,8 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     envs.reset(seed=process_seed)
 
     start_epoch, queries, history, seconds_before = 0, 0, [], 0.0
-    checkpoint_path = out / CHECKPOINT
-    if checkpoint_path.is_file():
-        state = torch.load(checkpoint_path, weights_only=False, map_location="cpu")
+    state = run_folder.load_checkpoint(out) if plan.resume else None
+    if state is not None:
         with torch.no_grad():
             for name, p in policy.unet.named_parameters():
                 if name in state["trainable"]:
@@ -257,15 +311,18 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
         envs.unwrapped.np_random.bit_generator.state = state["env_rng"][rank()]
         sampling_generator.set_state(state["sampling_rng"][rank()])
         start_epoch, queries, history, seconds_before = state["epoch"], state["queries"], state["history"], state["seconds"]
-        if main_process:  # epochs after the checkpoint are run again: their lines go
+    if main_process:
+        run_folder.start(out, resolved, dataclasses.replace(plan, resume=state is not None), start_epoch, queries)
+        if state is not None:  # epochs after the checkpoint are run again: their lines go
             (out / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in history))
-            print(f"resuming {out} at epoch {start_epoch} ({queries} reward queries so far)")
+            changed = ", ".join(f"{key} {a} -> {b}" for key, (a, b) in plan.changed.items())
+            print(f"resuming {out} at epoch {start_epoch} ({queries} reward queries so far)" + (f"; changed: {changed}" if changed else ""))
 
     writer = None
     if config.tensorboard and main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(out / "tensorboard")
+        writer = SummaryWriter(out / "tensorboard", purge_step=queries + 1 if state is not None else None)  # drop events after the checkpoint
     start = time.perf_counter() - seconds_before
     bar = tqdm(range(start_epoch, config.epochs), desc=config.algorithm, unit="epoch", disable=not (config.progress and main_process), initial=start_epoch, total=config.epochs)
     for epoch in bar:
@@ -296,16 +353,17 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
             config.max_minutes is not None and record["seconds"] >= 60 * config.max_minutes
         )
         if (epoch + 1) % config.save_every == 0 or epoch + 1 == config.epochs or done:
-            _checkpoint(checkpoint_path, policy, agent, envs, sampling_generator, epoch + 1, queries, history, time.perf_counter() - start)
+            _checkpoint(out, policy, agent, envs, sampling_generator, epoch + 1, queries, history, time.perf_counter() - start)
         if done:
             break
 
     if main_process:
         final = out / "final"
-        if config.finetuning == "lora":
-            policy.unet.save_lora_adapter(final)
-        else:
-            policy.unet.save_pretrained(final)
+        with quiet_libraries():  # diffusers warns about dtypes while saving adapters, whatever the dtype
+            if config.finetuning == "lora":
+                policy.unet.save_lora_adapter(final)
+            else:
+                policy.unet.save_pretrained(final)
         if writer:
             writer.close()
         if history:
@@ -324,7 +382,7 @@ def _gather(values: torch.Tensor) -> np.ndarray:
     return torch.cat(parts).cpu().numpy()
 
 
-def _checkpoint(path, policy, agent, envs, sampling_generator, epoch, queries, history, seconds) -> None:
+def _checkpoint(out, policy, agent, envs, sampling_generator, epoch, queries, history, seconds) -> None:
     """Every process contributes its RNG states; the main process writes."""
     env_rng, sampling_rng = envs.unwrapped.np_random.bit_generator.state, sampling_generator.get_state()
     if is_distributed():
@@ -339,7 +397,7 @@ def _checkpoint(path, policy, agent, envs, sampling_generator, epoch, queries, h
             "env_rng": env_states, "sampling_rng": sampling_states,
             "epoch": epoch, "queries": queries, "history": history, "seconds": seconds,
         }  # fmt: skip
-        _save_checkpoint(path, state)
+        run_folder.save_checkpoint(out, state)
 
 
 def main() -> None:

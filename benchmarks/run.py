@@ -41,6 +41,7 @@ import tyro
 from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
+from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
 from diffusion_gym.embedded.evaluate import sample
 from diffusion_gym.embedded.paraphrase import recall
@@ -83,8 +84,9 @@ class BenchConfig:
     prompt set if it has one (`diffusion_gym.prompts.HELD_OUT_SETS`); None: skip."""
     eval_seed: int = 1234
     """Seeds the evaluation noise: every evaluation sees the same prompts and noise."""
-    train: dict = field(default_factory=dict)
-    """Overrides of the training preset for every cell, e.g. {"num_envs": 8}; nested: {"ddpo": {"clip_range": 1e-3}}."""
+    train: dict[str, str] = field(default_factory=dict)
+    """Overrides of the training preset for every cell: `--train num_envs 8 ddpo.clip_range 1e-3`
+    (in code also nested: {"ddpo": {"clip_range": 1e-3}}); checked against `TrainConfig` before any run."""
     output_dir: Path = Path("runs/bench")
     """Where everything goes."""
 
@@ -156,12 +158,7 @@ def cell_config(config: BenchConfig, task: str, algorithm: str, seed: int) -> Tr
     """The training run of a cell: the preset, the bench's overrides, the variant's, the task, seed and budget."""
     algorithm_of_preset, variant_overrides = VARIANTS.get(algorithm, (algorithm, {}))
     merged = (embedded_preset if config.preset == "embedded" else paper_preset)(algorithm_of_preset)
-    for given in (config.train, variant_overrides):
-        overrides = dict(given)
-        for nested in ("ddpo", "rwr"):  # nested dataclasses take dicts of their own fields
-            if nested in overrides:
-                overrides[nested] = dataclasses.replace(getattr(merged, nested), **overrides[nested])
-        merged = dataclasses.replace(merged, **overrides)
+    merged = merged.with_overrides(config.train).with_overrides(variant_overrides)  # typed and checked: "--train num_envs 8"
     epochs = -(-config.budget // (merged.num_envs * merged.batches_per_epoch))  # enough for the budget (one process)
     return dataclasses.replace(
         merged, env_id=task, seed=seed, max_reward_queries=config.budget, max_minutes=config.max_minutes, epochs=epochs,
@@ -258,10 +255,27 @@ def start_of_task(config: BenchConfig, task: str, out: Path) -> tuple[dict, dict
 
 
 # ---------------------------------------------------------------- the grid
+def check_cells(config: BenchConfig) -> dict[tuple[str, str, int], bool]:
+    """Every cell's training config, built and checked before anything is written (bad
+    overrides fail here), and whether the cell is finished: its summary is there and its run
+    had these very settings. A cell folder holding a run with other settings is refused."""
+    if config.output_dir.exists() and not config.output_dir.is_dir():
+        raise ValueError(f"output_dir {str(config.output_dir)!r} is a file; give a folder (it is made if missing).")
+    finished = {}
+    for cell in ((t, a, s) for t in config.tasks for a in config.algorithms for s in config.seeds):
+        train_config = cell_config(config, *cell)
+        resolved = json.loads(json.dumps(dataclasses.asdict(train_config), default=str))
+        fix = f"use another --output-dir for this bench, or delete {train_config.output_dir} to run that cell again"
+        plan = run_folder.plan(train_config.output_dir, resolved, overwrite=False, fix=fix)
+        finished[cell] = (train_config.output_dir / "summary.json").is_file() and not plan.changed
+    return finished
+
+
 def run(config: BenchConfig) -> dict:
     out = config.output_dir
+    finished = check_cells(config)
     out.mkdir(parents=True, exist_ok=True)
-    cells = [(t, a, s) for t in config.tasks for a in config.algorithms for s in config.seeds]
+    cells = list(finished)
     starts, summaries = {}, []
     overall = tqdm(total=len(cells), desc="bench", unit="cell")
     for task in config.tasks:
@@ -269,7 +283,7 @@ def run(config: BenchConfig) -> dict:
     for task, algorithm, seed in cells:
         summary_path = cell_config(config, task, algorithm, seed).output_dir / "summary.json"
         overall.set_postfix_str(f"{task} {algorithm} seed {seed}")
-        if summary_path.is_file():
+        if finished[(task, algorithm, seed)]:
             summaries.append(json.loads(summary_path.read_text()))  # finished before: skipped
         else:
             summaries.append(run_cell(config, task, algorithm, seed, starts[task][0]))

@@ -132,4 +132,4 @@ def test_steps_below_min_step_std_ratio_are_not_trained_on():
     assert torch.equal(parameters_after_update(threshold, batch), parameters_after_update(threshold, corrupted))
     assert not torch.equal(parameters_after_update(0.0, batch), parameters_after_update(0.0, corrupted))
     with pytest.raises(ValueError, match="min_step_std_ratio must be in"):
-        DDPOConfig(min_step_std_ratio=1.5)
+        DDPO(policy, DDPOConfig(min_step_std_ratio=1.5))

@@ -102,15 +102,16 @@ def test_the_std_floor_keeps_near_identical_rewards_from_unit_advantages():
     with pytest.raises(ValueError, match="std_floor"):
         PerPromptNormalizer(std_floor=-1.0)
     with pytest.raises(ValueError, match="per_prompt_std_floor"):
-        DDPOConfig(per_prompt_std_floor=-0.1)
+        DDPOConfig(per_prompt_std_floor=-0.1).check()
 
 
-def test_bad_configs_fail_at_start_with_a_reason():
+def test_bad_configs_fail_their_check_with_a_reason():
+    """`check()` runs when an agent is made, and for a TrainConfig's groups when it is made."""
     with pytest.raises(ValueError, match="estimator"):
-        DDPOConfig(estimator="ppo")
-    with pytest.raises(ValueError, match="learning_rate"):
-        DDPOConfig(learning_rate=-1e-4)
+        DDPOConfig(estimator="ppo").check()
+    with pytest.raises(ValueError, match="^ddpo.learning_rate"):
+        DDPOConfig(learning_rate=-1e-4).check("ddpo.")
     with pytest.raises(ValueError, match="weighting"):
-        RWRConfig(weighting="linear")
+        RWRConfig(weighting="linear").check()
     with pytest.raises(ValueError, match="min_count"):
         PerPromptNormalizer(buffer_size=4, min_count=8)

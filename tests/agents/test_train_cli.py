@@ -33,6 +33,7 @@ def metrics(folder):
 def test_cli_prints_the_reward_it_logged(tmp_path):
     out, err = cli("embedded-ddpo-is", *TINY, "--epochs", "2", "--output-dir", str(tmp_path)).communicate(timeout=300)
     assert err.count("Traceback") == 0, err[-2000:]
+    assert "warn" not in err.lower() and "should be kept in float32" not in err, err[-2000:]  # nothing but our own output
     first, last, queries = re.search(r"ddpo-is: reward (-?\d+\.\d+) -> (-?\d+\.\d+) after (\d+) reward queries", out).groups()
     logged = metrics(tmp_path)
     assert int(queries) == 8 == logged[-1]["reward_queries"]
@@ -53,8 +54,8 @@ def test_cli_prints_the_reward_it_logged(tmp_path):
 def test_bad_configs_fail_at_start(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
-    with pytest.raises(ValueError, match="learning_rate"):
-        DDPOConfig(learning_rate=-1.0)
+    with pytest.raises(ValueError, match="ddpo.learning_rate must be > 0"):
+        TrainConfig(ddpo=DDPOConfig(learning_rate=-1.0))
 
 
 def test_cli_rejects_a_negative_learning_rate_before_any_work(tmp_path):
@@ -63,27 +64,34 @@ def test_cli_rejects_a_negative_learning_rate_before_any_work(tmp_path):
     assert not (tmp_path / "metrics.jsonl").exists()
 
 
-def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(tmp_path):
-    args = ["embedded-ddpo-sf", *TINY, "--epochs", "6"]
-    whole = tmp_path / "whole"
-    cli(*args, "--output-dir", str(whole)).communicate(timeout=300)
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    whole = tmp_path_factory.mktemp("whole")
+    cli("embedded-ddpo-sf", *TINY, "--epochs", "6", "--output-dir", str(whole)).communicate(timeout=300)
     reference = metrics(whole)
-    assert len(reference) == 6
+    assert [r["epoch"] for r in reference] == list(range(6))
+    return reference
 
-    killed = tmp_path / "killed"
-    process = cli(*args, "--output-dir", str(killed))
+
+@pytest.mark.parametrize("save_every, kill_after, checkpointed", [(4, 2, False), (2, 3, True)], ids=["before-first-checkpoint", "after-first-checkpoint"])
+def test_a_killed_run_resumes_to_the_same_metrics_as_an_uninterrupted_one(uninterrupted, tmp_path, save_every, kill_after, checkpointed):
+    """Killed (SIGKILL) after `kill_after` epochs were logged: before its first checkpoint the
+    same command starts afresh, after it, it resumes; either way each epoch is logged once."""
+    args = ["embedded-ddpo-sf", *TINY, "--epochs", "6", "--save-every", str(save_every), "--output-dir", str(tmp_path)]
+    process = cli(*args)
     deadline = time.time() + 240
     while time.time() < deadline:
-        if (killed / "metrics.jsonl").exists() and len((killed / "metrics.jsonl").read_text().splitlines()) >= 2:
+        if (tmp_path / "metrics.jsonl").exists() and len((tmp_path / "metrics.jsonl").read_text().splitlines()) >= kill_after:
             break
-        time.sleep(0.01)
+        time.sleep(0.005)
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    assert len(metrics(killed)) < 6
-    out, err = cli(*args, "--output-dir", str(killed)).communicate(timeout=300)
-    assert "resuming" in out, err[-2000:]
-    assert metrics(killed) == reference
+    assert (tmp_path / "checkpoint.pt").exists() == checkpointed, "killed at another point than this case is about"
+    assert kill_after <= len(metrics(tmp_path)) < 6
+    out, err = cli(*args).communicate(timeout=300)
+    assert ("resuming" in out) == checkpointed, err[-2000:]
+    assert metrics(tmp_path) == uninterrupted
 
 
 def test_the_gold_reference_is_logged_beside_the_reward(tmp_path):
