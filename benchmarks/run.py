@@ -87,6 +87,8 @@ class BenchConfig:
     train: dict[str, str] = field(default_factory=dict)
     """Overrides of the training preset for every cell: `--train num_envs 8 ddpo.clip_range 1e-3`
     (in code also nested: {"ddpo": {"clip_range": 1e-3}}); checked against `TrainConfig` before any run."""
+    preset_train: tyro.conf.Suppress[dict[str, str]] = field(default_factory=dict)
+    """This bench preset's own overrides of the training preset, applied before `train`."""
     output_dir: Path = Path("runs/bench")
     """Where everything goes."""
 
@@ -109,7 +111,7 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         "embedded model, compressibility and incompressibility, all four algorithms, one seed: <= 10 minutes on 2 cores",
         BenchConfig(
             budget=192, eval_every=6, eval_prompts=16,
-            train={"num_envs": 16, "batches_per_epoch": 2, "samples_per_prompt": 4, "num_inference_steps": 5, "ddpo": {"per_prompt_min_count": 4}},
+            preset_train={"num_envs": "16", "batches_per_epoch": "2", "samples_per_prompt": "4", "num_inference_steps": "5", "ddpo.per_prompt_min_count": "4"},
             output_dir=Path("runs/bench-quick"),
         ),  # fmt: skip
     ),
@@ -124,7 +126,7 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained and each prompt normalised within its batch, 10,000 reward queries or 30 minutes (the agents issue's target run)",
         BenchConfig(
             tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
-            train={"num_inference_steps": 20, "ddpo": {"min_step_std_ratio": 0.1, "per_prompt_buffer": 8}}, output_dir=Path("runs/bench-agents-20-steps"),
+            preset_train={"num_inference_steps": "20", "ddpo.min_step_std_ratio": "0.1", "ddpo.per_prompt_buffer": "8"}, output_dir=Path("runs/bench-agents-20-steps"),
         ),  # fmt: skip
     ),
     "tasks": (
@@ -158,7 +160,8 @@ def cell_config(config: BenchConfig, task: str, algorithm: str, seed: int) -> Tr
     """The training run of a cell: the preset, the bench's overrides, the variant's, the task, seed and budget."""
     algorithm_of_preset, variant_overrides = VARIANTS.get(algorithm, (algorithm, {}))
     merged = (embedded_preset if config.preset == "embedded" else paper_preset)(algorithm_of_preset)
-    merged = merged.with_overrides(config.train).with_overrides(variant_overrides)  # typed and checked: "--train num_envs 8"
+    for overrides in (config.preset_train, config.train, variant_overrides):  # typed and checked: "--train num_envs 8"
+        merged = merged.with_overrides(overrides)
     epochs = -(-config.budget // (merged.num_envs * merged.batches_per_epoch))  # enough for the budget (one process)
     return dataclasses.replace(
         merged, env_id=task, seed=seed, max_reward_queries=config.budget, max_minutes=config.max_minutes, epochs=epochs,
