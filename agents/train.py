@@ -182,6 +182,8 @@ def _override(config: Any, overrides: dict[str, Any], prefix: str) -> Any:
             if not rest and not isinstance(value, dict):
                 raise ValueError(f"{prefix + head} is a group of settings; set one of them, e.g. {prefix + head}.{dataclasses.fields(getattr(config, head))[0].name}.")
             nested.setdefault(head, {}).update({rest: value} if rest else value)
+        elif rest and isinstance(getattr(config, head), dict):  # an entry of a mapping: "reward_kwargs.model"
+            changes[head] = {**changes.get(head, getattr(config, head)), rest: value}
         elif rest:
             raise ValueError(f"{prefix + head} has no settings under it; {prefix + head + '.' + rest!r} is not a setting.")
         else:

@@ -22,7 +22,10 @@ from diffusion_gym.rewards.aesthetic import AestheticScorer, aesthetic
 from diffusion_gym.rewards.alignment import embedded_alignment, prompt_alignment
 from diffusion_gym.rewards.base import RewardFn, check_images
 from diffusion_gym.rewards.embedded import embedded_aesthetic, embedded_aesthetic_gold, embedded_alignment_gold, embedded_alignment_judge
+from diffusion_gym.rewards.http import remote
 from diffusion_gym.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
+from diffusion_gym.rewards.preference import clipscore, hpsv2, pickscore
+from diffusion_gym.rewards.weighted import weighted
 
 REWARDS: dict[str, Callable[..., RewardFn]] = {
     "jpeg_compressibility": jpeg_compressibility,
@@ -34,6 +37,11 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "embedded_aesthetic_gold": embedded_aesthetic_gold,
     "embedded_alignment_judge": embedded_alignment_judge,
     "embedded_alignment_gold": embedded_alignment_gold,
+    "pickscore": pickscore,
+    "clipscore": clipscore,
+    "hpsv2": hpsv2,
+    "weighted": weighted,
+    "remote": remote,
 }
 
 
@@ -67,7 +75,8 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
         return reward
     factory = REWARDS[reward]
     parameters = inspect.signature(factory).parameters
-    unknown = sorted(set(kwargs) - set(parameters))
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())  # e.g. weighted's "part.option"
+    unknown = [] if takes_any else sorted(set(kwargs) - set(parameters))
     if unknown:
         raise ValueError(f"The reward {reward!r} has no options {unknown}; its options: {list(parameters) or 'none'}.")
     hints = typing.get_type_hints(factory)
@@ -78,7 +87,7 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
 
 
 __all__ = [
-    "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "embedded_aesthetic",
-    "embedded_aesthetic_gold", "embedded_alignment", "embedded_alignment_gold", "embedded_alignment_judge",
-    "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward", "prompt_alignment",
+    "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "clipscore", "embedded_aesthetic",
+    "embedded_aesthetic_gold", "embedded_alignment", "embedded_alignment_gold", "embedded_alignment_judge", "hpsv2",
+    "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward", "pickscore", "prompt_alignment", "remote", "weighted",
 ]  # fmt: skip

@@ -13,21 +13,16 @@ The HTTP protocol is one JSON POST: {"question": str, "images": [base64 PNG, ...
 
 from __future__ import annotations
 
-import base64
 import functools
-import io
-import json
-import urllib.error
-import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Callable, Literal
 
 import numpy as np
 import torch
-from PIL import Image
 
 from diffusion_gym.models.hub import check_available, load_offline_first
 from diffusion_gym.rewards.base import check_images
+from diffusion_gym.rewards.http import decode_png, encode_png, make_json_server, post_json
 
 VLM = Callable[[np.ndarray, str], list[str]]
 LLAVA_MODEL = "llava-hf/llava-1.5-7b-hf"
@@ -128,49 +123,22 @@ class HTTPVLM:
 
     def __call__(self, images: np.ndarray, question: str) -> list[str]:
         check_images(images)
-        body = json.dumps({"question": question, "images": [encode_png(image) for image in images]}).encode()
-        request = urllib.request.Request(self.url, data=body, headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                answers = json.loads(response.read())["answers"]
-        except (urllib.error.URLError, OSError, KeyError, json.JSONDecodeError) as error:
-            raise RuntimeError(f"The VLM server at {self.url} did not answer ({error}); is `python -m diffusion_gym.rewards.vlm` running there?") from error
+        answer = post_json(self.url, {"question": question, "images": [encode_png(image) for image in images]}, self.timeout, "The VLM server")
+        if "answers" not in answer:
+            raise RuntimeError(f"The VLM server at {self.url} answered without 'answers': {str(answer)[:200]}; is `python -m diffusion_gym.rewards.vlm` running there?")
+        answers = answer["answers"]
         if len(answers) != len(images):
             raise RuntimeError(f"The VLM server at {self.url} returned {len(answers)} answers for {len(images)} images.")
         return [str(a) for a in answers]
 
 
-def encode_png(image: np.ndarray) -> str:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def decode_png(data: str) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(data))).convert("RGB"))
-
-
 def make_server(vlm: VLM, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
     """An HTTP server answering for `vlm` (call `serve_forever()` on it; port 0 picks a free port)."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            try:
-                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                images = np.stack([decode_png(data) for data in request["images"]])
-                body, status = json.dumps({"answers": vlm(images, request["question"])}).encode(), 200
-            except Exception as error:  # the client gets the reason, the server keeps serving
-                body, status = json.dumps({"error": repr(error)}).encode(), 400
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def handle(request: dict) -> dict:
+        return {"answers": vlm(np.stack([decode_png(data) for data in request["images"]]), request["question"])}
 
-        def log_message(self, *args) -> None:  # quiet
-            pass
-
-    return ThreadingHTTPServer((host, port), Handler)
+    return make_json_server(handle, host, port)
 
 
 def main() -> None:

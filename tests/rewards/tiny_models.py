@@ -99,3 +99,24 @@ def tiny_blip(folder: Path, seed: int = 0) -> Path:
     BlipForConditionalGeneration(config).eval().save_pretrained(folder)
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": 16, "width": 16}), tokenizer=tokenizer).save_pretrained(folder)
     return folder
+
+
+def tiny_clip_pair(folder: Path, seed: int = 0, projection_dim: int = 12, logit_scale: float = 4.6052, hidden_act: str = "quick_gelu") -> Path:
+    """A CLIPModel with both towers and its CLIPProcessor (32×32 images, a byte-level CLIP
+    tokenizer of 77 tokens): what PickScore and CLIPScore load."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from diffusion_gym.models.tiny import tiny_clip_tokenizer
+
+    torch.manual_seed(seed)
+    tokenizer = tiny_clip_tokenizer(model_max_length=77)
+    config = CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2, max_position_embeddings=77,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, hidden_act=hidden_act),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8, hidden_act=hidden_act),
+        projection_dim=projection_dim,
+        logit_scale_init_value=logit_scale,
+    )  # fmt: skip
+    CLIPModel(config).eval().save_pretrained(folder)
+    CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(folder)
+    return folder
