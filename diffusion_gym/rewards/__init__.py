@@ -23,6 +23,7 @@ from diffusion_gym.rewards.alignment import embedded_alignment, prompt_alignment
 from diffusion_gym.rewards.base import RewardFn, check_images
 from diffusion_gym.rewards.embedded import embedded_aesthetic, embedded_aesthetic_gold, embedded_alignment_gold, embedded_alignment_judge
 from diffusion_gym.rewards.http import remote
+from diffusion_gym.rewards.imagereward import imagereward
 from diffusion_gym.rewards.jpeg import jpeg_compressibility, jpeg_incompressibility, jpeg_size_kb
 from diffusion_gym.rewards.preference import clipscore, hpsv2, pickscore
 from diffusion_gym.rewards.weighted import weighted
@@ -40,6 +41,7 @@ REWARDS: dict[str, Callable[..., RewardFn]] = {
     "pickscore": pickscore,
     "clipscore": clipscore,
     "hpsv2": hpsv2,
+    "imagereward": imagereward,
     "weighted": weighted,
     "remote": remote,
 }
@@ -88,6 +90,6 @@ def make_reward(reward: str | RewardFn, device: str | torch.device | None = None
 
 __all__ = [
     "REWARDS", "AestheticScorer", "RewardFn", "aesthetic", "check_images", "check_reward", "clipscore", "embedded_aesthetic",
-    "embedded_aesthetic_gold", "embedded_alignment", "embedded_alignment_gold", "embedded_alignment_judge", "hpsv2",
+    "embedded_aesthetic_gold", "embedded_alignment", "embedded_alignment_gold", "embedded_alignment_judge", "hpsv2", "imagereward",
     "jpeg_compressibility", "jpeg_incompressibility", "jpeg_size_kb", "make_reward", "pickscore", "prompt_alignment", "remote", "weighted",
 ]  # fmt: skip

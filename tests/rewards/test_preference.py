@@ -302,3 +302,11 @@ def test_hpsv2_preprocesses_as_its_authors_and_scores_as_open_clip(hps_parts):
         make_reward("hpsv2", checkpoint="/nonexistent/HPS_v2.1_compressed.pt", clip=clip)
     with pytest.raises(ValueError, match="HPS_v2.1_compressed.pt"):
         make_reward("hpsv2", clip=clip)  # the published checkpoint: not here, no hub
+
+
+@pytest.mark.parametrize("name, needle", [("pickscore", "PickScore_v1"), ("clipscore", "clip-vit-base-patch32"), ("hpsv2", "HPS_v2.1_compressed.pt"), ("imagereward", "ImageReward.pt")])
+def test_an_env_with_a_missing_reward_model_fails_when_made(name, needle):
+    import gymnasium as gym
+
+    with pytest.raises(ValueError, match=needle):
+        gym.make_vec("DiffusionCompressibility-v0", num_envs=1, model="tiny-random", device="cpu", num_inference_steps=2, reward=name)
