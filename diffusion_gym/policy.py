@@ -110,11 +110,13 @@ class DiffusionPolicy(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.unet.device
+        # one parameter's, not `unet.device`: diffusers walks every module for that (a LoRA UNet
+        # has thousands), and this is read several times a step
+        return next(self.unet.parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.unet.dtype
+        return next(self.unet.parameters()).dtype
 
     # ---------------------------------------------------------------- fine-tuning
     @property

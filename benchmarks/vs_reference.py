@@ -1,0 +1,253 @@
+"""Side by side with the reference implementation: DDPO-IS here and in trl 0.23.1's `DDPOTrainer`,
+on the same work, in fresh processes run interleaved (ours, trl, trl, ours, ...).
+
+The work: a tiny random Stable Diffusion (`build_tiny_random`, latents 4×16×16) saved to a
+folder both load; LoRA rank 4 on to_q/to_k/to_v/to_out.0; 10 DDIM steps, eta 1, guidance 5 in
+sampling and training; 4 sampling batches of 8 an epoch; train batch 8; one inner epoch; every
+timestep; clip range 1e-4; JPEG compressibility; 3 epochs; no checkpoints on either side. Both
+make the same UNet calls. Each process reports samples/s per epoch, its start-up time, its
+epoch time ÷ the time of the same UNet passes run alone in that process, and its peak RSS.
+
+trl is not a dependency: install it beside this environment, not into it (its own requirements
+would replace the CPU torch):
+
+    pip install --target benchmarks/.trl --no-deps trl==0.23.1
+    python -m benchmarks.vs_reference --mode fp32        # or --mode bf16 (both sides in bf16)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+PROMPT_SET = "simple_animals"
+
+
+@dataclass
+class VsReferenceConfig:
+    """Our DDPO-IS against trl's DDPOTrainer on the same work."""
+
+    mode: Literal["fp32", "bf16"] = "fp32"
+    """Precision on both sides: fp32, or bf16 (frozen weights in bf16, training under bf16 autocast)."""
+    runs: int = 5
+    """Interleaved runs per side (fresh processes)."""
+    epochs: int = 3
+    """Epochs per run."""
+    num_inference_steps: int = 10
+    guidance_scale: float = 5.0
+    sample_batch_size: int = 8
+    batches_per_epoch: int = 4
+    train_batch_size: int = 8
+    lora_rank: int = 4
+    threads: int = 2
+    """torch threads in each process."""
+    trl_path: Path = ROOT / "benchmarks" / ".trl"
+    """Where trl 0.23.1 was installed (`pip install --target ... --no-deps trl==0.23.1`)."""
+    output: Path | None = ROOT / "benchmarks" / "results" / "vs_reference_{mode}.json"
+    """Where the results go ({mode} is filled in); None: print only."""
+    side: Literal["both", "ours", "trl"] = "both"
+    """Internal: a worker process runs one side."""
+    folder: Path | None = None
+    """Internal: the saved pipeline a worker loads."""
+
+
+# ---------------------------------------------------------------- one side, in its own process
+def _jpeg_rewards(images_uint8):
+    from diffusion_gym.rewards import jpeg_size_kb
+
+    return -jpeg_size_kb(images_uint8)
+
+
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast) -> float:
+    """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
+    forward/backward passes (batch 2 × train batch), on inputs of the same shapes."""
+    import torch
+
+    channels, size = unet.config.in_channels, unet.config.sample_size
+    dtype = next(unet.parameters()).dtype
+    b, n = 2 * config.sample_batch_size, 2 * config.train_batch_size
+    x = torch.randn(b, channels, size, size, dtype=dtype)
+    t = torch.full((b,), 500)
+    embeds = embeds[:1].expand(b, -1, -1).to(dtype)
+    start = time.perf_counter()
+    with torch.no_grad(), autocast():
+        for _ in range(config.batches_per_epoch * config.num_inference_steps):
+            unet(x, t, encoder_hidden_states=embeds)
+    minibatches = config.sample_batch_size * config.batches_per_epoch // config.train_batch_size
+    for _ in range(minibatches * config.num_inference_steps):
+        with autocast():
+            out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
+        out.float().mean().backward()
+    seconds = time.perf_counter() - start
+    unet.zero_grad(set_to_none=True)
+    return seconds
+
+
+def run_ours(config: VsReferenceConfig, start: float) -> dict:
+    import gymnasium as gym
+    import torch
+
+    import diffusion_gym  # noqa: F401
+    from agents.buffer import collect
+    from agents.ddpo import DDPO, DDPOConfig
+    from diffusion_gym.policy import DiffusionPolicy
+
+    bf16 = config.mode == "bf16"
+    envs = gym.make_vec(
+        "DiffusionCompressibility-v0", num_envs=config.sample_batch_size, model=str(config.folder), num_inference_steps=config.num_inference_steps,
+        guidance_scale=config.guidance_scale, eta=1.0, prompts=PROMPT_SET, device="cpu", dtype="bfloat16" if bf16 else "float32", array_type="torch",
+    )  # fmt: skip
+    policy = DiffusionPolicy.from_env(envs, reduce="mean")  # ddpo-pytorch's and trl's per-step log-prob: a mean over dimensions
+    policy.enable_lora(rank=config.lora_rank, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
+    agent = DDPO(
+        policy, DDPOConfig(estimator="is", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    envs.reset(seed=0)
+    startup = time.perf_counter() - start
+    epochs = []
+    for _ in range(config.epochs):
+        t0 = time.perf_counter()
+        agent.update(collect(envs, policy, config.batches_per_epoch, generator=torch.Generator().manual_seed(len(epochs))))
+        epochs.append(time.perf_counter() - t0)
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    unet = _unet_seconds(policy.unet, policy.encode_prompts(["a cat"]), config, autocast)
+    return {"startup_s": startup, "epoch_s": epochs, "unet_s": unet}
+
+
+def run_trl(config: VsReferenceConfig, start: float) -> dict:
+    import random
+
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(config.trl_path))
+    from accelerate import PartialState
+
+    PartialState()  # before the pipeline: trl's LoRA path needs the accelerate state when the folder has no LoRA weights
+    from trl import DDPOConfig as TRLConfig
+    from trl import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
+
+    from diffusion_gym.prompts import load_prompts
+
+    prompts, rng = load_prompts(PROMPT_SET), random.Random(0)
+
+    def reward_fn(images, batch_prompts, metadata):
+        uint8 = (images.float() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return torch.as_tensor(_jpeg_rewards(np.ascontiguousarray(uint8))), {}
+
+    with tempfile.TemporaryDirectory() as logdir:
+        trl_config = TRLConfig(
+            num_epochs=config.epochs, sample_num_steps=config.num_inference_steps, sample_eta=1.0, sample_guidance_scale=config.guidance_scale,
+            sample_batch_size=config.sample_batch_size, sample_num_batches_per_epoch=config.batches_per_epoch, train_batch_size=config.train_batch_size,
+            train_gradient_accumulation_steps=1, train_num_inner_epochs=1, train_cfg=True, train_timestep_fraction=1.0, train_learning_rate=3e-4,
+            train_clip_range=1e-4, mixed_precision="bf16" if config.mode == "bf16" else "no", save_freq=10**9, log_with=None, seed=0,
+            allow_tf32=False, logdir=logdir, project_kwargs={"project_dir": logdir},
+        )  # fmt: skip
+        pipeline = DefaultDDPOStableDiffusionPipeline(str(config.folder), use_lora=True)
+        pipeline.sd_pipeline.set_progress_bar_config(disable=True)
+        trainer = DDPOTrainer(trl_config, reward_fn, lambda: (rng.choice(prompts), {}), pipeline)
+        startup = time.perf_counter() - start
+        epochs, step = [], 0
+        for epoch in range(config.epochs):
+            t0 = time.perf_counter()
+            step = trainer.step(epoch, step)
+            epochs.append(time.perf_counter() - t0)
+        unet = pipeline.sd_pipeline.unet
+        ids = pipeline.sd_pipeline.tokenizer(["a cat"], return_tensors="pt", padding="max_length", max_length=pipeline.sd_pipeline.tokenizer.model_max_length).input_ids
+        with torch.no_grad():
+            embeds = pipeline.sd_pipeline.text_encoder(ids)[0]
+        seconds = _unet_seconds(unet, embeds, config, trainer.autocast)
+    return {"startup_s": startup, "epoch_s": epochs, "unet_s": seconds}
+
+
+def worker(config: VsReferenceConfig) -> None:
+    start = time.perf_counter()
+    import torch
+
+    torch.set_num_threads(config.threads)
+    torch.manual_seed(0)
+    result = (run_ours if config.side == "ours" else run_trl)(config, start)
+    samples = config.sample_batch_size * config.batches_per_epoch
+    result.update(
+        side=config.side, samples_per_s=[samples / s for s in result["epoch_s"]], epoch_over_unet=sum(result["epoch_s"]) / config.epochs / result["unet_s"],
+        peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )  # fmt: skip
+    print("RESULT " + json.dumps(result))
+
+
+# ---------------------------------------------------------------- the comparison
+def _summary(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def compare(config: VsReferenceConfig) -> dict:
+    if not (config.trl_path / "trl").is_dir():
+        raise SystemExit(f"trl is not at {config.trl_path}; install it there with `pip install --target {config.trl_path} --no-deps trl==0.23.1`.")
+    from diffusion_gym.models import build_tiny_random
+
+    results: dict[str, list[dict]] = {"ours": [], "trl": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "tiny-sd"
+        build_tiny_random().save_pretrained(folder)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(config.threads), "PYTHONWARNINGS": "ignore"}
+        for run in range(config.runs):
+            for side in ("ours", "trl") if run % 2 == 0 else ("trl", "ours"):
+                args = [sys.executable, "-m", "benchmarks.vs_reference", "--side", side, "--folder", str(folder), "--mode", config.mode,
+                        "--epochs", str(config.epochs), "--threads", str(config.threads), "--trl-path", str(config.trl_path.resolve())]  # fmt: skip
+                done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+                if done.returncode or not lines:
+                    raise SystemExit(f"The {side} run failed:\n{done.stderr[-3000:]}")
+                results[side].append(json.loads(lines[-1][len("RESULT ") :]))
+                r = results[side][-1]
+                print(f"run {run} {side:4s}: samples/s {' '.join(f'{v:.2f}' for v in r['samples_per_s'])}, start-up {r['startup_s']:.1f} s, "
+                      f"epoch/UNet {r['epoch_over_unet']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+
+    def rate(r: dict, skip_first: bool) -> float:
+        epochs = r["epoch_s"][1:] if skip_first else r["epoch_s"]
+        return config.sample_batch_size * config.batches_per_epoch * len(epochs) / sum(epochs)
+
+    pairs = list(zip(results["ours"], results["trl"]))
+    summary = {
+        "config": {k: str(v) for k, v in asdict(config).items() if k not in ("side", "folder")},
+        "ratio_all_epochs": _summary([rate(o, False) / rate(t, False) for o, t in pairs]),
+        "ratio_after_first_epoch": _summary([rate(o, True) / rate(t, True) for o, t in pairs]),
+        **{f"{side}_{key}": _summary([r[field] for r in rs]) for side, rs in results.items() for key, field in (("startup_s", "startup_s"), ("epoch_over_unet", "epoch_over_unet"), ("peak_rss_mib", "peak_rss_mib"))},
+        **{f"{side}_samples_per_s": _summary([rate(r, False) for r in rs]) for side, rs in results.items()},
+        "runs": results,
+    }  # fmt: skip
+    r = summary["ratio_all_epochs"]
+    print(f"{config.mode}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
+          f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, "
+          f"trl {summary['trl_epoch_over_unet']['median']:.3f}; peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
+    if config.output is not None:
+        path = Path(str(config.output).replace("{mode}", config.mode))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def main() -> None:
+    import tyro
+
+    config = tyro.cli(VsReferenceConfig)
+    if config.side == "both":
+        compare(config)
+    else:
+        worker(config)
+
+
+if __name__ == "__main__":
+    main()
