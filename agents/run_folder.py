@@ -13,6 +13,7 @@ back to it, and a write that fails (a full disk) removes its temporary file and 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -24,9 +25,9 @@ from typing import Any
 
 import torch
 
-CHECKPOINT, PREVIOUS, TEMPORARY = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.tmp"
+CHECKPOINT, PREVIOUS, TEMPORARY, DAMAGED = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.tmp", "checkpoint.damaged.pt"
 # Everything a run writes in its folder; --overwrite deletes these and nothing else.
-RUN_FILES = ("config.json", "metrics.jsonl", "resumes.jsonl", CHECKPOINT, PREVIOUS, TEMPORARY, "tensorboard", "final")
+RUN_FILES = ("config.json", "metrics.jsonl", "resumes.jsonl", CHECKPOINT, PREVIOUS, TEMPORARY, DAMAGED, "tensorboard", "final")
 # Settings a resumed run may change: its budget, its logging, where its folder is. Any other
 # setting defines the run.
 MAY_CHANGE = frozenset(
@@ -41,6 +42,11 @@ class Plan:
 
     resume: bool
     changed: dict[str, tuple[Any, Any]] = field(default_factory=dict)
+
+
+def as_saved(config: Any) -> dict:
+    """A config dataclass as config.json holds it (tuples as lists, paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def differences(saved: dict, new: dict, prefix: str = "") -> dict[str, tuple[Any, Any]]:
@@ -66,7 +72,12 @@ def plan(out: Path, config: dict, overwrite: bool, fix: str = FRESH_START) -> Pl
     if out.exists() and not out.is_dir():
         raise ValueError(f"output_dir {str(out)!r} is a file; give a folder (it is made if missing).")
     saved_path = out / "config.json"
-    if overwrite or not saved_path.is_file():
+    if overwrite:
+        return Plan(resume=False)
+    if not saved_path.is_file():
+        found = sorted(name for name in RUN_FILES if (out / name).exists())
+        if found:  # a run's files without its config (or another tool's): not ours to delete unasked
+            raise ValueError(f"{str(out)!r} holds {found} but no config.json, so whose run it is cannot be checked; {fix}.")
         return Plan(resume=False)
     try:
         saved = json.loads(saved_path.read_text())
@@ -121,10 +132,11 @@ def save_checkpoint(out: Path, state: dict) -> None:
     os.replace(temporary, path)  # a crash between the two renames leaves checkpoint.prev.pt, which load() falls back to
 
 
-def load_checkpoint(out: Path) -> dict | None:
+def load_checkpoint(out: Path, set_aside_damaged: bool = True) -> dict | None:
     """The newest readable checkpoint in `out`, or None if there is none. A damaged
-    checkpoint.pt falls back to checkpoint.prev.pt, with a message; if none can be read,
-    ValueError names each file and what to do."""
+    checkpoint.pt falls back to checkpoint.prev.pt, with a message, and is renamed
+    checkpoint.damaged.pt (`set_aside_damaged`: the main process), so that the next save keeps
+    the good one as the previous; if none can be read, ValueError names each file and what to do."""
     problems = []
     for path in (out / CHECKPOINT, out / PREVIOUS):
         if not path.is_file():
@@ -138,6 +150,8 @@ def load_checkpoint(out: Path) -> dict | None:
             continue
         if problems:
             print(f"{problems[0]}; resuming from the previous checkpoint, {path.name} (epoch {state['epoch']}), instead.", file=sys.stderr)
+            if set_aside_damaged and (out / CHECKPOINT).exists():
+                os.replace(out / CHECKPOINT, out / DAMAGED)
         return state
     if problems:
         raise ValueError(

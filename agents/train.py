@@ -184,6 +184,8 @@ def _override(config: Any, overrides: dict[str, Any], prefix: str) -> Any:
             nested.setdefault(head, {}).update({rest: value} if rest else value)
         elif rest and isinstance(getattr(config, head), dict):  # an entry of a mapping: "reward_kwargs.model"
             changes[head] = {**changes.get(head, getattr(config, head)), rest: value}
+        elif isinstance(getattr(config, head), dict) and isinstance(value, str):
+            raise ValueError(f"{prefix + head} is a mapping; set its entries as {prefix + head}.NAME VALUE, e.g. {prefix + head}.model /models/clip.")
         elif rest:
             raise ValueError(f"{prefix + head} has no settings under it; {prefix + head + '.' + rest!r} is not a setting.")
         else:
@@ -284,7 +286,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     """
     main_process = rank() == 0
     out = config.output_dir
-    resolved = json.loads(json.dumps(dataclasses.asdict(config), default=str))  # as config.json holds it
+    resolved = run_folder.as_saved(config)
     plan = run_folder.plan(out, resolved, overwrite=config.overwrite)
 
     device = config.device
@@ -303,7 +305,12 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     envs.reset(seed=process_seed)
 
     start_epoch, queries, history, seconds_before = 0, 0, [], 0.0
-    state = run_folder.load_checkpoint(out) if plan.resume else None
+    state = run_folder.load_checkpoint(out, set_aside_damaged=main_process) if plan.resume else None
+    if state is not None and state.get("world_size", 1) != world_size():
+        raise ValueError(
+            f"{out / run_folder.CHECKPOINT} was written by {state.get('world_size', 1)} processes and this run has {world_size()}; "
+            f"resume with {state.get('world_size', 1)} (accelerate launch --num_processes N), or pass --overwrite to start afresh."
+        )
     if state is not None:
         with torch.no_grad():
             for name, p in policy.unet.named_parameters():
@@ -393,13 +400,24 @@ def _checkpoint(out, policy, agent, envs, sampling_generator, epoch, queries, hi
         torch.distributed.all_gather_object(sampling_states, sampling_rng)
     else:
         env_states, sampling_states = [env_rng], [sampling_rng]
+    error: OSError | None = None
     if rank() == 0:
         state = {
             "trainable": _trainable_state(policy), "agent": agent.state_dict(),
-            "env_rng": env_states, "sampling_rng": sampling_states,
+            "env_rng": env_states, "sampling_rng": sampling_states, "world_size": world_size(),
             "epoch": epoch, "queries": queries, "history": history, "seconds": seconds,
         }  # fmt: skip
-        run_folder.save_checkpoint(out, state)
+        try:
+            run_folder.save_checkpoint(out, state)
+        except OSError as failure:
+            error = failure
+    if is_distributed():  # every process stops if the checkpoint could not be written (none waits at the next collective)
+        message = [None if error is None else str(error)]
+        torch.distributed.broadcast_object_list(message, src=0)
+        if message[0] is not None and error is None:
+            raise OSError(f"The main process could not write the checkpoint: {message[0]}")
+    if error is not None:
+        raise error
 
 
 def main() -> None:

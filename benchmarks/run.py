@@ -267,10 +267,10 @@ def check_cells(config: BenchConfig) -> dict[tuple[str, str, int], bool]:
     finished = {}
     for cell in ((t, a, s) for t in config.tasks for a in config.algorithms for s in config.seeds):
         train_config = cell_config(config, *cell)
-        resolved = json.loads(json.dumps(dataclasses.asdict(train_config), default=str))
         fix = f"use another --output-dir for this bench, or delete {train_config.output_dir} to run that cell again"
-        plan = run_folder.plan(train_config.output_dir, resolved, overwrite=False, fix=fix)
-        finished[cell] = (train_config.output_dir / "summary.json").is_file() and not plan.changed
+        plan = run_folder.plan(train_config.output_dir, run_folder.as_saved(train_config), overwrite=False, fix=fix)
+        budget_changed = any(key in ("epochs", "max_reward_queries", "max_minutes") for key in plan.changed)  # a moved folder is still finished
+        finished[cell] = (train_config.output_dir / "summary.json").is_file() and not budget_changed
     return finished
 
 

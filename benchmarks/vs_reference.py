@@ -49,7 +49,6 @@ class VsReferenceConfig:
     sample_batch_size: int = 8
     batches_per_epoch: int = 4
     train_batch_size: int = 8
-    lora_rank: int = 4
     threads: int = 2
     """torch threads in each process."""
     trl_path: Path = ROOT / "benchmarks" / ".trl"
@@ -109,7 +108,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
         guidance_scale=config.guidance_scale, eta=1.0, prompts=PROMPT_SET, device="cpu", dtype="bfloat16" if bf16 else "float32", array_type="torch",
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, reduce="mean")  # ddpo-pytorch's and trl's per-step log-prob: a mean over dimensions
-    policy.enable_lora(rank=config.lora_rank, target_modules=("to_q", "to_k", "to_v", "to_out.0"))
+    policy.enable_lora(rank=4, target_modules=("to_q", "to_k", "to_v", "to_out.0"))  # trl's adapters (its rank is fixed)
     agent = DDPO(
         policy, DDPOConfig(estimator="is", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
         torch.Generator().manual_seed(0),
@@ -204,8 +203,10 @@ def compare(config: VsReferenceConfig) -> dict:
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(config.threads), "PYTHONWARNINGS": "ignore"}
         for run in range(config.runs):
             for side in ("ours", "trl") if run % 2 == 0 else ("trl", "ours"):
-                args = [sys.executable, "-m", "benchmarks.vs_reference", "--side", side, "--folder", str(folder), "--mode", config.mode,
-                        "--epochs", str(config.epochs), "--threads", str(config.threads), "--trl-path", str(config.trl_path.resolve())]  # fmt: skip
+                settings = {**asdict(config), "side": side, "folder": folder, "trl_path": config.trl_path.resolve(), "output": None, "runs": 1}
+                args = [sys.executable, "-m", "benchmarks.vs_reference"]
+                for key, value in settings.items():
+                    args += ["--" + key.replace("_", "-"), "None" if value is None else str(value)]
                 done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:

@@ -12,6 +12,7 @@ where a float is wanted).
 
 from __future__ import annotations
 
+import math
 import types
 import typing
 from pathlib import Path
@@ -47,7 +48,7 @@ def _coerce(value: Any, hint: Any) -> Any:
                 continue
         raise ValueError("")
     if origin is Literal:
-        if value in args:
+        if not isinstance(value, bool) and value in args:  # (True == 1: a bool is not the literal 1)
             return value
         for arg in args:  # "3" for Literal[3]
             if isinstance(value, str) and not isinstance(arg, str) and str(arg) == value:
@@ -81,11 +82,12 @@ def _coerce(value: Any, hint: Any) -> Any:
             return value
         raise TypeError("")
     if hint is float:
-        if isinstance(value, str):
-            return float(value.strip())
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise TypeError("")
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise TypeError("")
+        number = float(value.strip() if isinstance(value, str) else value)
+        if not math.isfinite(number):
+            raise ValueError("not finite")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value
@@ -111,4 +113,4 @@ def _describe(hint: Any) -> str:
         return f"{len(args)} comma-separated values ({', '.join(_describe(a) for a in args)})"
     if hint is type(None):
         return "None"
-    return {bool: "true or false", int: "an int", float: "a number", str: "a string", Path: "a path"}.get(hint, getattr(hint, "__name__", str(hint)))
+    return {bool: "true or false", int: "an int", float: "a finite number", str: "a string", Path: "a path"}.get(hint, getattr(hint, "__name__", str(hint)))

@@ -1,8 +1,10 @@
 """Shared fixtures: everything runs on the tiny random Stable Diffusion, on the CPU, offline."""
 
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the suite must never wait on the network
+os.environ["HF_HUB_CACHE"] = tempfile.mkdtemp(prefix="diffusion-gym-tests-hf-")  # nor find models this machine happens to cache
 
 import gymnasium as gym
 import pytest

@@ -132,6 +132,14 @@ def test_a_failing_reward_leaves_the_vector_env_where_it_was_and_keeps_the_image
     np.testing.assert_array_equal(info["images"], error.value.images)
 
 
+def test_a_reward_error_survives_a_pipe_with_its_images():
+    """An async vector env's worker sends the exception back pickled."""
+    images = np.zeros((2, 4, 4, 3), dtype=np.uint8)
+    error = pickle.loads(pickle.dumps(RewardError("The reward 'x' raised.", images, ["a", "b"])))
+    assert isinstance(error, RewardError) and str(error) == "The reward 'x' raised." and error.prompts == ["a", "b"]
+    np.testing.assert_array_equal(error.images, images)
+
+
 def test_a_failing_reward_does_not_end_the_single_envs_episode():
     env = gym.make("DiffusionCompressibility-v0", reward=raising_reward, **TINY)
     policy = DiffusionPolicy.from_env(env)
@@ -177,6 +185,27 @@ def test_a_task_whose_reward_model_is_missing_fails_when_made_not_at_the_last_st
     with pytest.raises(ValueError) as error:
         gym.make("DiffusionAesthetic-v0", **TINY)  # the real aesthetic reward: CLIP is not here (offline)
     assert "clip-vit-large-patch14" in str(error.value) and "clip_model='DIR'" in str(error.value)
+
+
+def test_a_reward_model_path_that_does_not_exist_fails_even_with_a_hub(monkeypatch):
+    from diffusion_gym.models import hub
+    from diffusion_gym.rewards import make_reward
+
+    monkeypatch.setattr(hub, "hub_unreachable_reason", lambda timeout=3.0: None)  # a reachable hub would be asked for a hub id...
+    with pytest.raises(ValueError, match=r"'/models/clpi-typo' does not exist \(it is a path, not a hub id\).*clip_model='DIR'"):
+        make_reward("aesthetic", clip_model="/models/clpi-typo", mlp_weights=__file__)  # ...but not for a path
+
+
+def test_settings_given_as_text_refuse_non_finite_numbers_and_bools_for_literals():
+    from typing import Literal
+
+    from diffusion_gym.coerce import coerce
+
+    with pytest.raises(ValueError, match="max_minutes must be a finite number or None, got 'nan'"):
+        coerce("nan", float | None, "max_minutes")
+    with pytest.raises(ValueError, match="one of 1, 2"):
+        coerce(True, Literal[1, 2], "x")
+    assert coerce("2", Literal[1, 2], "x") == 2 and coerce("None", float | None, "m") is None
 
 
 def test_reward_options_given_as_text_are_converted_or_refused_by_name():

@@ -25,13 +25,16 @@ ARRAY_TYPES = ("numpy", "torch")
 
 
 class RewardError(ValueError):
-    """The reward function raised, or returned something other than (rewards, info). The env was
-    not advanced: the same step can be taken again, and the finished episodes' images and prompts
-    are on the error (`images`, `prompts`), so that nothing sampled is lost."""
+    """The reward function raised, or returned something other than (rewards, info). The images
+    and prompts it was given are on the error (`images`, `prompts`), so that nothing sampled is
+    lost; raised from `step`, it leaves the env where it was, so the same step can be taken again."""
 
     def __init__(self, message: str, images: np.ndarray, prompts: list[str]):
         super().__init__(message)
         self.images, self.prompts = images, prompts
+
+    def __reduce__(self):  # an async vector env's worker sends it through a pipe
+        return type(self), (self.args[0], self.images, self.prompts)
 
 
 def _reward_name(reward_fn: Any) -> str:
@@ -300,7 +303,11 @@ class DiffusionVectorEnv(VectorEnv):
         infos: dict[str, Any] = {}
         if self._step_index + 1 == self.num_steps:
             images = self.model.decode(x_prev)
-            rewards, reward_info = (rewards, {}) if self._defer_rewards else self.score(images, list(self._episode_prompts))
+            try:
+                rewards, reward_info = (rewards, {}) if self._defer_rewards else self.score(images, list(self._episode_prompts))
+            except RewardError as error:
+                message = f"{error.args[0]} The env was not advanced: fix the reward and take the same step again."
+                raise RewardError(message, error.images, error.prompts) from error.__cause__
             mask = np.ones(self.num_envs, dtype=bool)
             infos = {"images": images, "_images": mask, "reward_info": reward_info, "_reward_info": mask}
         self._x = x_prev
@@ -320,8 +327,7 @@ class DiffusionVectorEnv(VectorEnv):
             result = self.reward_fn(images, prompts)
         except Exception as error:
             raise RewardError(
-                f"The reward {name} raised {type(error).__name__}: {error}. The env was not advanced: fix the reward and "
-                "take the same step again, or find the images and prompts on this error (.images, .prompts).",
+                f"The reward {name} raised {type(error).__name__}: {error}. The images and prompts it was given are on this error (.images, .prompts).",
                 images, prompts,
             ) from error  # fmt: skip
         if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
@@ -351,8 +357,9 @@ class DiffusionVectorEnv(VectorEnv):
             self._defer_rewards = False
 
     def __getstate__(self) -> dict:
-        """Pickled as its arguments and its episode's state; unpickling makes the env again (the
-        model is loaded again, a registered reward made again by its name), then restores them."""
+        """Pickled as its arguments and its episode's state; unpickling makes the env again (a
+        model given by name is loaded again, a `DiffusionModel` travels whole; a registered reward
+        is made again by its name, a reward function must itself pickle), then restores them."""
         rng = self._np_random
         return {
             "kwargs": self._init_kwargs, "rng": None if rng is None else rng.bit_generator.state, "seed": self._np_random_seed,

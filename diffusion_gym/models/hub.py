@@ -16,6 +16,13 @@ from urllib.parse import urlparse
 T = TypeVar("T")
 
 
+def how_to_download(repo_id: str, option: str, filename: str | None = None) -> str:
+    """The end of a "cannot be found" message: how to bring `repo_id` (or its `filename`) here."""
+    if filename is None:
+        return f"On a machine with hub access run `huggingface-cli download {repo_id} --local-dir DIR` and pass {option}='DIR'."
+    return f"Pass {option}='PATH' of {filename}, or run `huggingface-cli download {repo_id} {filename}` on a machine with hub access."
+
+
 def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
     """Why the hub cannot be reached (offline mode, no route, DNS), or None if it answers."""
     from huggingface_hub import constants
@@ -68,6 +75,8 @@ def check_available(repo_id: str, how_to_provide: str, filename: str | None = No
     so that a missing model fails before any sampling, not at the end of the first episode."""
     if Path(repo_id if filename is None else Path(repo_id) / filename).exists():
         return
+    if repo_id.startswith(("/", ".", "~")) or repo_id.count("/") > 1:  # a path, not a hub id ("owner/name"): it must exist here
+        raise ValueError(f"{repo_id!r} does not exist (it is a path, not a hub id). {how_to_provide}")
     from huggingface_hub import hf_hub_download, snapshot_download
 
     try:
@@ -104,14 +113,17 @@ def quiet_libraries() -> Iterator[None]:
     import transformers
 
     levels = (transformers.logging.get_verbosity(), diffusers.logging.get_verbosity())
-    bars = transformers.utils.logging.is_progress_bar_enabled()
+    bars = (transformers.utils.logging.is_progress_bar_enabled(), diffusers.utils.logging.is_progress_bar_enabled())
     transformers.logging.set_verbosity_error()
     diffusers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
     try:
         yield
     finally:
         transformers.logging.set_verbosity(levels[0])
         diffusers.logging.set_verbosity(levels[1])
-        if bars:
+        if bars[0]:
             transformers.utils.logging.enable_progress_bar()
+        if bars[1]:
+            diffusers.utils.logging.enable_progress_bar()

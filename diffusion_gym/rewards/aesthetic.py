@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffusion_gym.models.hub import check_available, hub_file, load_offline_first
+from diffusion_gym.models.hub import check_available, how_to_download, hub_file, load_offline_first
 from diffusion_gym.rewards.base import check_image_list
 
 CLIP_MODEL = "openai/clip-vit-large-patch14"
@@ -64,9 +64,9 @@ class AestheticScorer:
         self.clip_model, self.mlp_weights = str(clip_model), mlp_weights
         self.device, self.batch_size = torch.device(device), batch_size
         # where the models come from is checked now; they load on the first call
-        check_available(self.clip_model, f"On a machine with hub access run `huggingface-cli download {self.clip_model} --local-dir DIR` and pass clip_model='DIR'.")
+        check_available(self.clip_model, how_to_download(self.clip_model, "clip_model"))
         if mlp_weights is None:
-            check_available(MLP_REPO, f"Pass mlp_weights='PATH' of sac+logos+ava1-l14-linearMSE.pth, or run `huggingface-cli download {MLP_REPO} {MLP_FILENAME}` on a machine with hub access.", MLP_FILENAME)
+            check_available(MLP_REPO, how_to_download(MLP_REPO, "mlp_weights", MLP_FILENAME), MLP_FILENAME)
         elif not Path(mlp_weights).is_file():
             raise ValueError(f"The aesthetic MLP weights {str(mlp_weights)!r} do not exist; pass mlp_weights='PATH' of sac+logos+ava1-l14-linearMSE.pth.")
 
@@ -113,7 +113,7 @@ def _load_clip(name: str):
         return processor, CLIPModel.from_pretrained(name, local_files_only=local_files_only)
 
     return load_offline_first(
-        name, load, f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass clip_model='DIR'."
+        name, load, how_to_download(name, "clip_model")
     )
 
 

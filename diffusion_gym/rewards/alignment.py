@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diffusion_gym.rewards.base import RewardFn, check_images
-from diffusion_gym.models.hub import check_available
+from diffusion_gym.models.hub import check_available, how_to_download
 from diffusion_gym.rewards.bertscore import BERTSCORE_LAYER, BERTSCORE_MODEL, BERTScorer, load_bertscorer
 from diffusion_gym.rewards.vlm import LLAVA_MODEL, VLM, HTTPVLM, TransformersVLM
 
@@ -68,7 +68,7 @@ def prompt_alignment(
     else:
         dtype = torch.float16 if torch.device(device).type == "cuda" else torch.float32
         answerer = TransformersVLM(vlm, vlm_kind, device, dtype, batch_size=batch_size)
-    check_available(bertscore_model, f"On a machine with hub access run `huggingface-cli download {bertscore_model} --local-dir DIR` and pass bertscore_model='DIR'.")
+    check_available(bertscore_model, how_to_download(bertscore_model, "bertscore_model"))
     return alignment_reward(answerer, lambda: load_bertscorer(bertscore_model, bertscore_layer, str(device)), question)
 
 

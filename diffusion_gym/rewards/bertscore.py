@@ -18,7 +18,7 @@ from typing import Sequence
 
 import torch
 
-from diffusion_gym.models.hub import load_offline_first
+from diffusion_gym.models.hub import how_to_download, load_offline_first
 
 # The package's default for English: roberta-large, the hidden states after 17 layers.
 BERTSCORE_MODEL, BERTSCORE_LAYER = "roberta-large", 17
@@ -97,5 +97,5 @@ def load_bertscorer(model: str = BERTSCORE_MODEL, layer: int = BERTSCORE_LAYER, 
         return BERTScorer(AutoModel.from_pretrained(model, local_files_only=local_files_only), tokenizer, layer, device)
 
     return load_offline_first(
-        model, load, f"On a machine with hub access run `huggingface-cli download {model} --local-dir DIR` and pass bertscore_model='DIR'."
+        model, load, how_to_download(model, "bertscore_model")
     )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,15 +41,22 @@ def decode_png(data: str) -> np.ndarray:
 
 
 def make_json_server(handle: Callable[[dict], dict], host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    """An HTTP server that answers each JSON POST with `handle(request)` (call `serve_forever()`
-    on it; port 0 picks a free port). An exception answers {"error": ...} with status 400."""
+    """An HTTP server that answers each JSON POST with `handle(request)`, one request at a time
+    (a model is loaded and run once, not by several threads at once); call `serve_forever()` on
+    it; port 0 picks a free port. A malformed request answers {"error": ...} with status 400,
+    a failure of `handle` itself 500; the server keeps serving."""
+    lock = threading.Lock()
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             try:
-                body, status = json.dumps(handle(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))).encode(), 200
-            except Exception as error:  # the client gets the reason, the server keeps serving
+                request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    body, status = json.dumps(handle(request)).encode(), 200
+            except (KeyError, TypeError, ValueError) as error:  # a request that does not follow the protocol (bad JSON, PNG, fields)
                 body, status = json.dumps({"error": repr(error)}).encode(), 400
+            except Exception as error:
+                body, status = json.dumps({"error": repr(error)}).encode(), 500
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
@@ -69,7 +77,7 @@ def post_json(url: str, request: dict, timeout: float, what: str) -> dict:
             return json.loads(response.read())
     except urllib.error.HTTPError as error:
         reason = error.read().decode(errors="replace")
-        raise RuntimeError(f"{what} at {url} refused the request: {reason}") from error
+        raise RuntimeError(f"{what} at {url} {'refused the request' if error.code < 500 else 'failed on the request'}: {reason}") from error
     except (urllib.error.URLError, OSError, json.JSONDecodeError) as error:
         raise RuntimeError(f"{what} at {url} did not answer ({error}); is its server running there?") from error
 
@@ -94,6 +102,8 @@ def remote(url: str, timeout: float = 600.0) -> Callable[[np.ndarray, Sequence[s
     def reward(images: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, dict]:
         check_images(images)
         answer = post_json(url, {"images": [encode_png(image) for image in images], "prompts": list(prompts)}, timeout, "The reward server")
+        if "rewards" not in answer:
+            raise RuntimeError(f"The reward server at {url} answered without 'rewards': {str(answer)[:200]}; is `python -m diffusion_gym.rewards.http` running there?")
         rewards = np.asarray(answer["rewards"], dtype=np.float64)
         info: dict[str, Any] = {k: np.asarray(v) for k, v in answer.get("info", {}).items()}
         return rewards, info
@@ -115,6 +125,9 @@ def main() -> None:
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--port", type=int, default=8000)
     args = parser.parse_args()
+    bad = [option for option in args.option if "=" not in option]
+    if bad:
+        parser.error(f"--option takes NAME=VALUE, got {bad}")
     options = dict(option.split("=", 1) for option in args.option)
     server = make_reward_server(make_reward(args.reward, device=args.device, **options), args.host, args.port)
     print(f"serving the reward {args.reward} on {args.host}:{server.server_address[1]}")

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diffusion_gym.models.hub import check_available, hub_file, load_offline_first
+from diffusion_gym.models.hub import check_available, how_to_download, hub_file, load_offline_first
 from diffusion_gym.rewards.aesthetic import AestheticMLP
 from diffusion_gym.rewards.base import check_image_list
 
@@ -101,10 +101,10 @@ class ImageRewardScorer:
 
     def __init__(self, checkpoint: str | None = None, tokenizer: str = TOKENIZER, vision_heads: int = 16, text_heads: int = 12, device: str | torch.device = "cpu", batch_size: int = 16):
         if checkpoint is None:
-            check_available(IMAGEREWARD_REPO, f"Pass checkpoint='PATH' of {IMAGEREWARD_FILE}, or run `huggingface-cli download {IMAGEREWARD_REPO} {IMAGEREWARD_FILE}` on a machine with hub access.", IMAGEREWARD_FILE)
+            check_available(IMAGEREWARD_REPO, how_to_download(IMAGEREWARD_REPO, "checkpoint", IMAGEREWARD_FILE), IMAGEREWARD_FILE)
         elif not Path(checkpoint).is_file():
             raise ValueError(f"The ImageReward checkpoint {str(checkpoint)!r} does not exist; pass checkpoint='PATH' of {IMAGEREWARD_FILE}.")
-        check_available(tokenizer, f"On a machine with hub access run `huggingface-cli download {tokenizer} --local-dir DIR` and pass tokenizer='DIR'.")
+        check_available(tokenizer, how_to_download(tokenizer, "tokenizer"))
         self.checkpoint, self.tokenizer_name = checkpoint, str(tokenizer)
         self.vision_heads, self.text_heads = vision_heads, text_heads
         self.device, self.batch_size = torch.device(device), batch_size
@@ -158,7 +158,7 @@ def _load(checkpoint: str, tokenizer_name: str, vision_heads: int, text_heads: i
     from transformers.models.blip.modeling_blip_text import BlipTextModel
 
     tokenizer = load_offline_first(
-        tokenizer_name, lambda local: AutoTokenizer.from_pretrained(tokenizer_name, local_files_only=local), "Pass tokenizer='DIR' (BERT's uncased tokenizer)."
+        tokenizer_name, lambda local: AutoTokenizer.from_pretrained(tokenizer_name, local_files_only=local), how_to_download(tokenizer_name, "tokenizer")
     )
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     vision_state, text_state, mlp_state = split_checkpoint(state.get("state_dict", state))

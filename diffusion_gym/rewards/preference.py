@@ -23,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from diffusion_gym.models.hub import check_available, load_offline_first
+from diffusion_gym.models.hub import check_available, how_to_download, load_offline_first
 from diffusion_gym.rewards.base import check_image_list
 
 PICKSCORE_MODEL = "yuvalkirstain/PickScore_v1"
@@ -48,7 +48,7 @@ class CLIPTextImageScorer:
             raise ValueError(f"template must contain '{{}}' where the prompt goes, got {template!r}.")
         self.template, self.device, self.batch_size = template, torch.device(device), batch_size
         for name, option in ((self.model_name, "model"), (self.processor_name, "processor")):
-            check_available(name, f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass {option}='DIR'.")
+            check_available(name, how_to_download(name, option))
 
     @functools.cached_property
     def parts(self) -> tuple:
@@ -90,29 +90,16 @@ def _features(output) -> torch.Tensor:
 
 
 def _load_clip_pair(model_name: str, processor_name: str):
-    return _load_processor(processor_name), _load_clip_model(model_name)
+    return _load_pretrained("CLIPProcessor", processor_name, "processor"), _load_pretrained("CLIPModel", model_name, "model")
 
 
 @functools.lru_cache(maxsize=None)
-def _load_processor(name: str):
-    from transformers import CLIPProcessor
+def _load_pretrained(class_name: str, name: str, option: str):
+    """transformers' `class_name` from a folder or the hub, once per process."""
+    import transformers
 
-    return load_offline_first(
-        name,
-        lambda local_files_only: CLIPProcessor.from_pretrained(name, local_files_only=local_files_only),
-        f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass its folder.",
-    )
-
-
-@functools.lru_cache(maxsize=None)
-def _load_clip_model(name: str):
-    from transformers import CLIPModel
-
-    return load_offline_first(
-        name,
-        lambda local_files_only: CLIPModel.from_pretrained(name, local_files_only=local_files_only),
-        f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass its folder.",
-    )
+    cls = getattr(transformers, class_name)
+    return load_offline_first(name, lambda local_files_only: cls.from_pretrained(name, local_files_only=local_files_only), how_to_download(name, option))
 
 
 def pickscore(model: str = PICKSCORE_MODEL, processor: str = PICKSCORE_PROCESSOR, device: str | torch.device = "cpu", batch_size: int = 32):
@@ -201,10 +188,10 @@ class HPSScorer(CLIPTextImageScorer):
 
     @functools.cached_property
     def parts(self) -> tuple:
-        from transformers import CLIPConfig, CLIPModel
+        from transformers import CLIPModel
 
-        processor = _load_processor(self.processor_name)
-        config = load_offline_first(self.model_name, lambda local: CLIPConfig.from_pretrained(self.model_name, local_files_only=local), "Pass clip='DIR'.")
+        processor = _load_pretrained("CLIPProcessor", self.processor_name, "clip")
+        config = _load_pretrained("CLIPConfig", self.model_name, "clip")
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state)
         model = CLIPModel(config)
@@ -248,7 +235,7 @@ def hpsv2(checkpoint: str | None = None, version: str = "v2.1", clip: str = HPS_
     if checkpoint is None:
         from diffusion_gym.models.hub import hub_file
 
-        check_available(HPS_REPO, f"Pass checkpoint='PATH' of {HPS_FILES[version]}, or run `huggingface-cli download {HPS_REPO} {HPS_FILES[version]}` on a machine with hub access.", HPS_FILES[version])
+        check_available(HPS_REPO, how_to_download(HPS_REPO, "checkpoint", HPS_FILES[version]), HPS_FILES[version])
         checkpoint = hub_file(HPS_REPO, HPS_FILES[version])
     elif not Path(checkpoint).is_file():
         raise ValueError(f"The HPSv2 checkpoint {str(checkpoint)!r} does not exist; pass checkpoint='PATH' of {HPS_FILES[version]}.")

@@ -20,7 +20,7 @@ from typing import Callable, Literal
 import numpy as np
 import torch
 
-from diffusion_gym.models.hub import check_available, load_offline_first
+from diffusion_gym.models.hub import check_available, how_to_download, load_offline_first
 from diffusion_gym.rewards.base import check_images
 from diffusion_gym.rewards.http import decode_png, encode_png, make_json_server, post_json
 
@@ -110,7 +110,7 @@ def _load_vlm(name: str, kind: str):
 
 def _how_to_provide(name: str) -> str:
     return (
-        f"On a machine with hub access run `huggingface-cli download {name} --local-dir DIR` and pass vlm='DIR', "
+        f"{how_to_download(name, 'vlm')[:-1]}, "
         "or serve the VLM on another machine (`python -m diffusion_gym.rewards.vlm`) and pass vlm_kind='http', vlm='http://HOST:PORT'."
     )
 

@@ -6,7 +6,8 @@
 reward = Σ_k w_k · r_k, where r_k is part k's reward, or with `normalize=True` its per-batch
 standardisation (r_k − mean(r_k)) / std(r_k) (0 where a part's batch has no spread), so that
 parts on different scales (PickScore ≈ 20, CLIPScore ≤ 2.5) weigh as their weights say. `info`
-holds each part's raw rewards under its name and each part's own info under "name.key".
+holds each part's raw rewards under its name, each part's own info under "name.key", and with
+`normalize` the weighted sum of the raw parts under "unnormalized".
 """
 
 from __future__ import annotations
@@ -61,17 +62,23 @@ def weighted(rewards: str | dict[str, float], normalize: bool = False, device: s
     parts = {name: make_reward(name, device=device, **options[name]) for name in weights}
 
     def reward(images: np.ndarray, prompts: Sequence[str]) -> tuple[np.ndarray, dict]:
-        total = np.zeros(len(images))
+        if normalize and len(images) < 2:
+            raise ValueError("normalize=True standardises each part within the batch, which needs at least 2 images; use a vector env or normalize=False.")
+        total, raw = np.zeros(len(images)), np.zeros(len(images))
         info: dict[str, np.ndarray] = {}
         for name, part in parts.items():
             values, part_info = part(images, prompts)
             values = np.asarray(values, dtype=np.float64)
             info[name] = values
             info.update({f"{name}.{key}": value for key, value in part_info.items()})
+            raw += weights[name] * values
             if normalize:
                 std = values.std()
-                values = (values - values.mean()) / std if std > 0 else np.zeros_like(values)
+                spread = std > 1e-9 * max(1.0, abs(values.mean()))  # rounding noise is no spread
+                values = (values - values.mean()) / std if spread else np.zeros_like(values)
             total += weights[name] * values
+        if normalize:
+            info["unnormalized"] = raw
         return total, info
 
     reward.parts = parts

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents import run_folder
 from agents.ddpo import DDPOConfig
@@ -142,6 +143,8 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_p
     assert str(checkpoint) in err and "cannot be read" in err and "checkpoint.prev.pt (epoch 1)" in err
     assert [r["epoch"] for r in resumed] == [0, 1]
     assert {k: v for k, v in resumed[1].items() if k != "seconds"} == {k: v for k, v in history[1].items() if k != "seconds"}
+    assert (copy / run_folder.DAMAGED).exists()  # set aside, so the next save keeps the good one as the previous
+    assert torch.load(copy / run_folder.PREVIOUS, weights_only=False)["epoch"] == 1 and torch.load(checkpoint, weights_only=False)["epoch"] == 2
 
     for path in (checkpoint, copy / run_folder.PREVIOUS):
         path.write_bytes(b"not a checkpoint")
@@ -151,6 +154,31 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(finished_run, tmp_p
     for needle in (str(checkpoint), str(copy / run_folder.PREVIOUS), "No readable checkpoint", "--overwrite"):
         assert needle in str(error.value)
     assert snapshot(copy) == files
+
+
+def test_a_folder_with_run_files_but_no_config_is_not_wiped_unasked(tmp_path):
+    out = tmp_path / "run"
+    (out / "tensorboard").mkdir(parents=True)
+    (out / "tensorboard" / "mine.txt").write_text("keep")
+    (out / "checkpoint.pt").write_bytes(b"someone's")
+    files = snapshot(out)
+    with pytest.raises(ValueError) as error:
+        train(tiny_config(out))
+    assert "['checkpoint.pt', 'tensorboard']" in str(error.value) and "no config.json" in str(error.value) and "--overwrite" in str(error.value)
+    assert snapshot(out) == files
+    assert [r["epoch"] for r in train(tiny_config(out, epochs=1, overwrite=True))] == [0]
+    assert not (out / "tensorboard" / "mine.txt").exists()
+
+
+def test_a_checkpoint_of_another_number_of_processes_is_refused(finished_run, tmp_path):
+    out, _, _ = finished_run
+    copy = tmp_path / "run"
+    subprocess.run(["cp", "-r", str(out), str(copy)], check=True)
+    state = torch.load(copy / run_folder.CHECKPOINT, weights_only=False)
+    assert state["world_size"] == 1
+    torch.save({**state, "world_size": 2}, copy / run_folder.CHECKPOINT)
+    with pytest.raises(ValueError, match=r"written by 2 processes and this run has 1; resume with 2 \(accelerate launch --num_processes N\)"):
+        train(tiny_config(copy, epochs=3))
 
 
 def test_a_full_disk_removes_the_temporary_file_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):

@@ -145,8 +145,12 @@ def test_weighted_mixes_parts_by_hand_computed_values(clip_folder):
     normalized, _ = make_reward("weighted", rewards=spec, normalize="true", **options)(images, prompts)
     z = lambda r: (r - r.mean()) / r.std() if r.std() > 0 else np.zeros_like(r)  # noqa: E731
     np.testing.assert_allclose(normalized, 2 * z(jpeg) - 0.5 * z(clip))
+    _, normalized_info = make_reward("weighted", rewards=spec, normalize="true", **options)(images, prompts)
+    np.testing.assert_allclose(normalized_info["unnormalized"], 2 * jpeg - 0.5 * clip)
     jpeg_only, _ = make_reward("weighted", rewards={"jpeg_compressibility": 1.0}, normalize=True)(images[:2], prompts[:2])
     np.testing.assert_array_equal(jpeg_only, 0.0)  # two equal images: no spread, no signal
+    with pytest.raises(ValueError, match="needs at least 2 images"):
+        make_reward("weighted", rewards={"jpeg_compressibility": 1.0}, normalize=True)(images[:1], prompts[:1])
     for bad, needle in (
         ({"rewards": "pickscore"}, "name=weight"),
         ({"rewards": "nope=1"}, "Unknown rewards ['nope']"),
