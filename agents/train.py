@@ -12,7 +12,8 @@ adapter or the full UNet). The same command resumes from the checkpoint after a 
 command with other run-defining settings is refused (`agents.run_folder`). Every setting is
 checked before the folder is touched. With several processes each samples its own prompts and
 noise, rewards are gathered for the advantages, gradients are averaged, and only the main
-process writes.
+process writes; every process reads the checkpoint when resuming, so on several machines the run
+folder must be on a shared filesystem, and a run resumes with the number of processes it had.
 """
 
 from __future__ import annotations
