@@ -1,0 +1,94 @@
+"""Golden numbers: what the env, the policy and the agents compute today for fixed seeds, so that
+a change meant to keep behaviour (a refactor) can be checked against them by
+`tests/test_golden.py`.
+
+    python -m tests.golden.make_golden          # rewrite tests/golden/numbers.json (only when behaviour is meant to change)
+
+Each case is small: a short rollout on the tiny random model and on the embedded model
+(observations, actions and log-probs summarised per step, the rewards in full), and one DDPO-IS
+and one RWR update on the tiny model (their metrics and the size of the parameter change).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import diffusion_gym  # noqa: F401  (registers the ids)
+
+PATH = Path(__file__).with_name("numbers.json")
+
+
+def _summary(x) -> list[float]:
+    """sum, sum of squares and the first four values of a tensor or array, as floats."""
+    x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).double().flatten()
+    return [float(x.sum()), float((x * x).sum()), *map(float, x[:4])]
+
+
+def rollout(model: str, num_envs: int, num_inference_steps: int | None, seed: int) -> dict:
+    from diffusion_gym.policy import DiffusionPolicy
+
+    kwargs = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=num_envs, model=model, device="cpu", **kwargs)
+    policy = DiffusionPolicy.from_env(envs)
+    generator = torch.Generator().manual_seed(seed)
+    obs, _ = envs.reset(seed=seed)
+    out = {"prompts": list(obs["prompt"]), "timesteps": [], "x_t": [], "actions": [], "log_probs": []}
+    while True:
+        action, log_prob = policy.act(obs, generator=generator)
+        out["timesteps"].append(np.asarray(obs["timestep"]).tolist())
+        out["x_t"].append(_summary(obs["x_t"]))
+        out["actions"].append(_summary(action))
+        out["log_probs"].append(np.asarray(log_prob, dtype=np.float64).tolist())
+        obs, reward, terminated, _, info = envs.step(action)
+        if terminated.all():
+            out["rewards"] = np.asarray(reward, dtype=np.float64).tolist()
+            out["images"] = _summary(info["images"])
+            return out
+
+
+def update(algorithm: str) -> dict:
+    from agents.buffer import collect
+    from agents.ddpo import DDPO, DDPOConfig
+    from agents.rwr import RWR, RWRConfig
+    from diffusion_gym.policy import DiffusionPolicy
+
+    envs = gym.make_vec("DiffusionIncompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", array_type="torch")
+    policy = DiffusionPolicy.from_env(envs, reduce="mean")
+    policy.enable_lora(rank=4, seed=0)
+    generator = torch.Generator().manual_seed(0)
+    if algorithm == "ddpo-is":
+        agent = DDPO(policy, DDPOConfig(estimator="is", learning_rate=1e-3, train_batch_size=4, clip_range=0.2, per_prompt_min_count=16), generator)
+    else:
+        agent = RWR(policy, RWRConfig(weighting="exp", beta=1.0, learning_rate=1e-3, train_batch_size=4, num_updates=2), generator)
+    envs.reset(seed=1)
+    before = torch.cat([p.detach().flatten().clone() for p in policy.trainable_parameters()])
+    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(2))
+    metrics = agent.update(batch)
+    after = torch.cat([p.detach().flatten() for p in policy.trainable_parameters()])
+    change = (after - before).double()
+    return {
+        "rewards": batch.rewards.double().tolist(),
+        "metrics": {k: float(v) for k, v in sorted(metrics.items()) if isinstance(v, (int, float)) and np.isfinite(v)},
+        "parameter_change": [float(change.norm()), float(change.sum()), float(change.abs().max())],
+    }
+
+
+def compute() -> dict:
+    torch.manual_seed(0)
+    return {
+        "rollout_tiny_random": rollout("tiny-random", 2, 3, seed=0),
+        "rollout_embedded": rollout("embedded", 2, None, seed=0),
+        "update_ddpo_is": update("ddpo-is"),
+        "update_rwr": update("rwr-exp"),
+    }
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    PATH.write_text(json.dumps(compute(), indent=1) + "\n")
+    print(f"wrote {PATH}")

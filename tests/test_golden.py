@@ -1,0 +1,33 @@
+"""Behaviour kept: the fixed-seed numbers of `tests/golden/numbers.json` (written by
+`python -m tests.golden.make_golden`) computed again, to float tolerance (relative 1e-6):
+a refactor must keep them; a change meant to alter behaviour rewrites them and says so."""
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.golden.make_golden import PATH, compute
+
+GOLDEN = json.loads(PATH.read_text())
+
+
+@pytest.fixture(scope="module")
+def now():
+    return compute()
+
+
+def assert_close(actual, expected, where: str, rtol: float = 1e-6, atol: float = 1e-7):
+    if isinstance(expected, dict):
+        assert set(actual) == set(expected), f"{where}: keys {sorted(actual)} != {sorted(expected)}"
+        for key in expected:
+            assert_close(actual[key], expected[key], f"{where}.{key}", rtol, atol)
+    elif isinstance(expected, list) and expected and isinstance(expected[0], str):
+        assert actual == expected, f"{where}: {actual} != {expected}"
+    else:
+        np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), rtol=rtol, atol=atol, err_msg=where)
+
+
+@pytest.mark.parametrize("case", sorted(GOLDEN))
+def test_the_fixed_seed_numbers_are_unchanged(now, case):
+    assert_close(now[case], GOLDEN[case], case)
