@@ -1,6 +1,8 @@
 """Behaviour kept: the fixed-seed numbers of `tests/golden/numbers.json` (written by
-`python -m tests.golden.make_golden`) computed again, to float tolerance (relative 1e-6):
-a refactor must keep them; a change meant to alter behaviour rewrites them and says so."""
+`python -m tests.golden.make_golden`) computed again, to float tolerance: relative 1e-4 (another
+CPU's kernels round differently), and 0.01 kB for JPEG rewards (a pixel that rounds the other
+way changes a file by a few bytes). A refactor must keep them; a change meant to alter behaviour
+rewrites them and says so."""
 
 import json
 
@@ -17,13 +19,15 @@ def now():
     return compute()
 
 
-def assert_close(actual, expected, where: str, rtol: float = 1e-6, atol: float = 1e-7):
+def assert_close(actual, expected, where: str, rtol: float = 1e-4, atol: float = 1e-6):
     if isinstance(expected, dict):
         assert set(actual) == set(expected), f"{where}: keys {sorted(actual)} != {sorted(expected)}"
         for key in expected:
             assert_close(actual[key], expected[key], f"{where}.{key}", rtol, atol)
     elif isinstance(expected, list) and expected and isinstance(expected[0], str):
         assert actual == expected, f"{where}: {actual} != {expected}"
+    elif where.endswith(".rewards"):  # JPEG kB
+        np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), rtol=0, atol=0.01, err_msg=where)
     else:
         np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), rtol=rtol, atol=atol, err_msg=where)
 
