@@ -130,6 +130,13 @@ class TrainConfig:
             raise ValueError(f"output_dir {str(self.output_dir)!r} is a file; give a folder (it is made if missing).")
         self.ddpo.check("ddpo.")
         self.rwr.check("rwr.")
+        autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(self.ddpo.mixed_precision)
+        if self.algorithm.startswith("ddpo") and autocast_dtype and self.dtype != autocast_dtype:
+            raise ValueError(
+                f"ddpo.mixed_precision={self.ddpo.mixed_precision!r} trains under {autocast_dtype} autocast while dtype={self.dtype!r} samples "
+                "in another precision: the importance ratios would differ from 1 by rounding alone (benchmarks/precision_ratio.py). "
+                f"Sample in the same precision: --dtype {autocast_dtype}."
+            )
         for name in ("num_envs", "batches_per_epoch", "epochs", "lora_rank", "save_every", "samples_per_prompt"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")

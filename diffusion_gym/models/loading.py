@@ -101,7 +101,8 @@ def load_model(
     device, dtype = resolve_device(device), resolve_dtype(dtype)
     if isinstance(model, DiffusionModel):
         if model.prepared:  # loaded before, maybe in training now (an env sharing a policy's model): as it is
-            return model.to(device=device, dtype=dtype)
+            with quiet_libraries():
+                return model.to(device=device, dtype=dtype)
         loaded = model
     elif not isinstance(model, (str, os.PathLike)):
         raise ValueError(f"model must be a name, a folder, a hub id or a DiffusionModel, got {type(model).__name__}")
@@ -117,7 +118,8 @@ def load_model(
         if module is not None:
             module.requires_grad_(False).eval()
     loaded.prepared = True
-    return loaded.to(device=device, dtype=dtype)
+    with quiet_libraries():  # diffusers warns on any `.to(dtype)` of its models ("should be kept in float32: []")
+        return loaded.to(device=device, dtype=dtype)
 
 
 def _load_from_hub(repo_id: str) -> DiffusionModel:

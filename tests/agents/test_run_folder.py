@@ -211,6 +211,7 @@ def test_a_full_disk_removes_the_temporary_file_and_keeps_the_last_checkpoint(tm
         ({"lora_targets": ("no_such_layer",)}, ["No UNet module matches the LoRA targets ['no_such_layer']", "to_q"]),
         ({"ddpo": DDPOConfig(learning_rate=-1.0, train_batch_size=4)}, ["ddpo.learning_rate must be > 0"]),
         ({"reward_kwargs": {"quality": "high"}}, ["option 'quality' must be an int, got 'high'"]),
+        ({"ddpo": DDPOConfig(train_batch_size=4, mixed_precision="bf16")}, ["ratios would differ from 1 by rounding", "--dtype bfloat16"]),
         ({"env_id": "DiffusionAesthetic-v0", "reward": None}, ["clip-vit-large-patch14", "clip_model='DIR'"]),
     ],
 )
