@@ -1,18 +1,22 @@
 """Side by side with the reference implementation: DDPO-IS here and in trl 0.23.1's `DDPOTrainer`,
 on the same work, in fresh processes run interleaved (ours, trl, trl, ours, ...).
 
-The work: a tiny random Stable Diffusion (`build_tiny_random`, latents 4×16×16) saved to a
-folder both load; LoRA rank 4 on to_q/to_k/to_v/to_out.0; 10 DDIM steps, eta 1, guidance 5 in
-sampling and training; 4 sampling batches of 8 an epoch; train batch 8; one inner epoch; every
-timestep; clip range 1e-4; JPEG compressibility; 3 epochs; no checkpoints on either side. Both
-make the same UNet calls. Each process reports samples/s per epoch, its start-up time, its
-epoch time ÷ the time of the same UNet passes run alone in that process, and its peak RSS.
+The work: a random Stable Diffusion saved to a folder both load (`--model tiny`: the tiny one of
+`build_tiny_random`, latents 4×8×8; `--model sd14`: Stable Diffusion v1.4's shapes, its UNet on
+4×64×64 latents, its text encoder and VAE); LoRA rank 4 on to_q/to_k/to_v/to_out.0; DDIM with
+eta 1, guidance 5 in sampling and training; sampling batches of 8; train batch 8; one inner
+epoch; every timestep; clip range 1e-4; JPEG compressibility; no checkpoints on either side.
+Both make the same UNet calls. Each process reports samples/s per epoch and per phase (sampling,
+training), its start-up time, its epoch time ÷ the time of the same UNet passes run alone in
+that process, its peak RSS and, on CUDA, each phase's peak GPU memory.
 
 trl is not a dependency: install it beside this environment, not into it (its own requirements
 would replace the CPU torch):
 
     pip install --target benchmarks/.trl --no-deps trl==0.23.1
     python -m benchmarks.vs_reference --mode fp32        # or --mode bf16 (both sides in bf16)
+    python -m benchmarks.vs_reference --model sd14 --device cuda --mode bf16 --num-inference-steps 50 \
+        --batches-per-epoch 2 --epochs 2 --runs 2 --no-unet-baseline      # the GPU comparison (a few minutes on an H100-class GPU)
 """
 
 from __future__ import annotations
@@ -25,10 +29,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Iterator, Literal
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT_SET = "simple_animals"
@@ -38,6 +42,10 @@ PROMPT_SET = "simple_animals"
 class VsReferenceConfig:
     """Our DDPO-IS against trl's DDPOTrainer on the same work."""
 
+    model: Literal["tiny", "sd14"] = "tiny"
+    """The random pipeline both sides load: "tiny", or "sd14" (Stable Diffusion v1.4's shapes, for GPUs)."""
+    device: str = "cpu"
+    """"cpu" or "cuda"."""
     mode: Literal["fp32", "bf16"] = "fp32"
     """Precision on both sides: fp32, or bf16 (frozen weights in bf16, training under bf16 autocast)."""
     runs: int = 5
@@ -51,10 +59,12 @@ class VsReferenceConfig:
     train_batch_size: int = 8
     threads: int = 2
     """torch threads in each process."""
+    unet_baseline: bool = True
+    """Also time the epoch's UNet passes alone (epoch ÷ UNet); costs about an epoch."""
     trl_path: Path = ROOT / "benchmarks" / ".trl"
     """Where trl 0.23.1 was installed (`pip install --target ... --no-deps trl==0.23.1`)."""
-    output: Path | None = ROOT / "benchmarks" / "results" / "vs_reference_{mode}.json"
-    """Where the results go ({mode} is filled in); None: print only."""
+    output: Path | None = ROOT / "benchmarks" / "results" / "vs_reference_{model}_{device}_{mode}.json"
+    """Where the results go ({model}, {device} and {mode} are filled in); None: print only."""
     side: Literal["both", "ours", "trl"] = "both"
     """Internal: a worker process runs one side."""
     folder: Path | None = None
@@ -62,6 +72,89 @@ class VsReferenceConfig:
 
 
 # ---------------------------------------------------------------- one side, in its own process
+class Phases:
+    """Wall time of each epoch and of its phases (sampling with scoring, training) and, on CUDA,
+    each phase's peak GPU memory; the device is synchronised around every timing."""
+
+    def __init__(self, device: str):
+        import torch
+
+        self.cuda = device.startswith("cuda") and torch.cuda.is_available()
+        self.seconds: dict[str, list[float]] = {"epoch": [], "sampling": [], "training": []}
+        self.peak_mib: dict[str, float] = {"sampling": 0.0, "training": 0.0}
+
+    def _sync(self) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+
+    @contextmanager
+    def epoch(self) -> Iterator[None]:
+        for times in self.seconds.values():
+            times.append(0.0)
+        self._sync()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        self.seconds["epoch"][-1] = time.perf_counter() - start
+
+    @contextmanager
+    def __call__(self, phase: str) -> Iterator[None]:
+        import torch
+
+        self._sync()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        yield
+        self._sync()
+        if self.cuda:
+            self.peak_mib[phase] = max(self.peak_mib[phase], torch.cuda.max_memory_allocated() / 2**20)
+        self.seconds[phase][-1] += time.perf_counter() - start
+
+    def timed(self, function, phase: str):
+        def wrapper(*args, **kwargs):
+            with self(phase):
+                return function(*args, **kwargs)
+
+        return wrapper
+
+    def result(self) -> dict:
+        return {
+            "epoch_s": self.seconds["epoch"], "sampling_s": self.seconds["sampling"], "training_s": self.seconds["training"],
+            "gpu_peak_mib": self.peak_mib if self.cuda else None,
+        }  # fmt: skip
+
+
+def build_sd14_random(seed: int = 0):
+    """A random pipeline of Stable Diffusion v1.4's shapes: the UNet (320-640-1280-1280, cross-
+    attention 768) on 4×64×64 latents, a CLIP ViT-L/14 text encoder, the VAE to 512×512. The
+    tokenizer is the byte-level stand-in of `build_tiny_random` (no hub): other token ids, the
+    same 77-token shapes."""
+    import torch
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from diffusion_gym.models import DiffusionModel
+    from diffusion_gym.models.tiny import tiny_clip_tokenizer
+
+    tokenizer = tiny_clip_tokenizer(model_max_length=77)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        ))  # fmt: skip
+        unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # diffusers' default blocks are SD v1's
+        vae = AutoencoderKL(
+            block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=2, latent_channels=4, sample_size=512,
+        )  # fmt: skip
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return DiffusionModel(unet=unet.eval(), text_encoder=text_encoder.eval(), tokenizer=tokenizer, scheduler=scheduler, vae=vae.eval(), name="sd14-random")
+
+
 def _jpeg_rewards(images_uint8):
     from diffusion_gym.rewards import jpeg_size_kb
 
@@ -74,11 +167,11 @@ def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast) -> float:
     import torch
 
     channels, size = unet.config.in_channels, unet.config.sample_size
-    dtype = next(unet.parameters()).dtype
+    parameter = next(unet.parameters())
     b, n = 2 * config.sample_batch_size, 2 * config.train_batch_size
-    x = torch.randn(b, channels, size, size, dtype=dtype)
-    t = torch.full((b,), 500)
-    embeds = embeds[:1].expand(b, -1, -1).to(dtype)
+    x = torch.randn(b, channels, size, size, dtype=parameter.dtype, device=parameter.device)
+    t = torch.full((b,), 500, device=parameter.device)
+    embeds = embeds[:1].expand(b, -1, -1).to(parameter.device, parameter.dtype)
     start = time.perf_counter()
     with torch.no_grad(), autocast():
         for _ in range(config.batches_per_epoch * config.num_inference_steps):
@@ -88,6 +181,8 @@ def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast) -> float:
         with autocast():
             out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
         out.float().mean().backward()
+    if parameter.is_cuda:
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     unet.zero_grad(set_to_none=True)
     return seconds
@@ -105,7 +200,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     bf16 = config.mode == "bf16"
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=config.sample_batch_size, model=str(config.folder), num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, eta=1.0, prompts=PROMPT_SET, device="cpu", dtype="bfloat16" if bf16 else "float32", array_type="torch",
+        guidance_scale=config.guidance_scale, eta=1.0, prompts=PROMPT_SET, device=config.device, dtype="bfloat16" if bf16 else "float32", array_type="torch",
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, reduce="mean")  # ddpo-pytorch's and trl's per-step log-prob: a mean over dimensions
     policy.enable_lora(rank=4, target_modules=("to_q", "to_k", "to_v", "to_out.0"))  # trl's adapters (its rank is fixed)
@@ -115,14 +210,16 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     )  # fmt: skip
     envs.reset(seed=0)
     startup = time.perf_counter() - start
-    epochs = []
-    for _ in range(config.epochs):
-        t0 = time.perf_counter()
-        agent.update(collect(envs, policy, config.batches_per_epoch, generator=torch.Generator().manual_seed(len(epochs))))
-        epochs.append(time.perf_counter() - t0)
-    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
-    unet = _unet_seconds(policy.unet, policy.encode_prompts(["a cat"]), config, autocast)
-    return {"startup_s": startup, "epoch_s": epochs, "unet_s": unet}
+    phases = Phases(config.device)
+    for epoch in range(config.epochs):
+        with phases.epoch():
+            with phases("sampling"):
+                batch = collect(envs, policy, config.batches_per_epoch, generator=torch.Generator().manual_seed(epoch))
+            with phases("training"):
+                agent.update(batch)
+    autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    unet = _unet_seconds(policy.unet, policy.encode_prompts(["a cat"]), config, autocast) if config.unet_baseline else None
+    return {"startup_s": startup, **phases.result(), "unet_s": unet}
 
 
 def run_trl(config: VsReferenceConfig, start: float) -> dict:
@@ -134,7 +231,7 @@ def run_trl(config: VsReferenceConfig, start: float) -> dict:
     sys.path.insert(0, str(config.trl_path))
     from accelerate import PartialState
 
-    PartialState()  # before the pipeline: trl's LoRA path needs the accelerate state when the folder has no LoRA weights
+    PartialState(cpu=not config.device.startswith("cuda"))  # before the pipeline: trl's LoRA path needs the accelerate state when the folder has no LoRA weights
     from trl import DDPOConfig as TRLConfig
     from trl import DDPOTrainer, DefaultDDPOStableDiffusionPipeline
 
@@ -152,23 +249,27 @@ def run_trl(config: VsReferenceConfig, start: float) -> dict:
             sample_batch_size=config.sample_batch_size, sample_num_batches_per_epoch=config.batches_per_epoch, train_batch_size=config.train_batch_size,
             train_gradient_accumulation_steps=1, train_num_inner_epochs=1, train_cfg=True, train_timestep_fraction=1.0, train_learning_rate=3e-4,
             train_clip_range=1e-4, mixed_precision="bf16" if config.mode == "bf16" else "no", save_freq=10**9, log_with=None, seed=0,
-            allow_tf32=False, logdir=logdir, project_kwargs={"project_dir": logdir},
+            allow_tf32=False, logdir=logdir, project_kwargs={"project_dir": logdir}, accelerator_kwargs={"cpu": not config.device.startswith("cuda")},
         )  # fmt: skip
         pipeline = DefaultDDPOStableDiffusionPipeline(str(config.folder), use_lora=True)
         pipeline.sd_pipeline.set_progress_bar_config(disable=True)
         trainer = DDPOTrainer(trl_config, reward_fn, lambda: (rng.choice(prompts), {}), pipeline)
         startup = time.perf_counter() - start
-        epochs, step = [], 0
+        phases = Phases(config.device)
+        for method, phase in (("_generate_samples", "sampling"), ("compute_rewards", "sampling"), ("_train_batched_samples", "training")):
+            setattr(trainer, method, phases.timed(getattr(trainer, method), phase))  # trl's step: sample, score, then train
+        step = 0
         for epoch in range(config.epochs):
-            t0 = time.perf_counter()
-            step = trainer.step(epoch, step)
-            epochs.append(time.perf_counter() - t0)
-        unet = pipeline.sd_pipeline.unet
-        ids = pipeline.sd_pipeline.tokenizer(["a cat"], return_tensors="pt", padding="max_length", max_length=pipeline.sd_pipeline.tokenizer.model_max_length).input_ids
-        with torch.no_grad():
-            embeds = pipeline.sd_pipeline.text_encoder(ids)[0]
-        seconds = _unet_seconds(unet, embeds, config, trainer.autocast)
-    return {"startup_s": startup, "epoch_s": epochs, "unet_s": seconds}
+            with phases.epoch():
+                step = trainer.step(epoch, step)
+        seconds = None
+        if config.unet_baseline:
+            unet = pipeline.sd_pipeline.unet
+            ids = pipeline.sd_pipeline.tokenizer(["a cat"], return_tensors="pt", padding="max_length", max_length=pipeline.sd_pipeline.tokenizer.model_max_length).input_ids
+            with torch.no_grad():
+                embeds = pipeline.sd_pipeline.text_encoder(ids.to(unet.device))[0]
+            seconds = _unet_seconds(unet, embeds, config, trainer.autocast)
+    return {"startup_s": startup, **phases.result(), "unet_s": seconds}
 
 
 def worker(config: VsReferenceConfig) -> None:
@@ -180,7 +281,9 @@ def worker(config: VsReferenceConfig) -> None:
     result = (run_ours if config.side == "ours" else run_trl)(config, start)
     samples = config.sample_batch_size * config.batches_per_epoch
     result.update(
-        side=config.side, samples_per_s=[samples / s for s in result["epoch_s"]], epoch_over_unet=sum(result["epoch_s"]) / config.epochs / result["unet_s"],
+        side=config.side, samples_per_s=[samples / s for s in result["epoch_s"]],
+        sampling_images_per_s=[samples / s for s in result["sampling_s"]], training_images_per_s=[samples / s for s in result["training_s"]],
+        epoch_over_unet=None if result["unet_s"] is None else sum(result["epoch_s"]) / config.epochs / result["unet_s"],
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )  # fmt: skip
     print("RESULT " + json.dumps(result))
@@ -198,23 +301,29 @@ def compare(config: VsReferenceConfig) -> dict:
 
     results: dict[str, list[dict]] = {"ours": [], "trl": []}
     with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp) / "tiny-sd"
-        build_tiny_random().save_pretrained(folder)
+        folder = Path(tmp) / config.model
+        (build_tiny_random() if config.model == "tiny" else build_sd14_random()).save_pretrained(folder)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(config.threads), "PYTHONWARNINGS": "ignore"}
         for run in range(config.runs):
             for side in ("ours", "trl") if run % 2 == 0 else ("trl", "ours"):
                 settings = {**asdict(config), "side": side, "folder": folder, "trl_path": config.trl_path.resolve(), "output": None, "runs": 1}
                 args = [sys.executable, "-m", "benchmarks.vs_reference"]
                 for key, value in settings.items():
-                    args += ["--" + key.replace("_", "-"), "None" if value is None else str(value)]
+                    flag = "--" + key.replace("_", "-")
+                    if isinstance(value, bool):
+                        args.append(flag if value else "--no-" + key.replace("_", "-"))
+                    else:
+                        args += [flag, "None" if value is None else str(value)]
                 done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
                 lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
                 if done.returncode or not lines:
                     raise SystemExit(f"The {side} run failed:\n{done.stderr[-3000:]}")
                 results[side].append(json.loads(lines[-1][len("RESULT ") :]))
                 r = results[side][-1]
-                print(f"run {run} {side:4s}: samples/s {' '.join(f'{v:.2f}' for v in r['samples_per_s'])}, start-up {r['startup_s']:.1f} s, "
-                      f"epoch/UNet {r['epoch_over_unet']:.3f}, peak RSS {r['peak_rss_mib']:.0f} MiB", flush=True)  # fmt: skip
+                overhead = "" if r["epoch_over_unet"] is None else f", epoch/UNet {r['epoch_over_unet']:.3f}"
+                gpu = "" if r["gpu_peak_mib"] is None else f", GPU peak sampling {r['gpu_peak_mib']['sampling']:.0f} / training {r['gpu_peak_mib']['training']:.0f} MiB"
+                print(f"run {run} {side:4s}: samples/s {' '.join(f'{v:.2f}' for v in r['samples_per_s'])}, start-up {r['startup_s']:.1f} s{overhead}, "
+                      f"peak RSS {r['peak_rss_mib']:.0f} MiB{gpu}", flush=True)  # fmt: skip
 
     def rate(r: dict, skip_first: bool) -> float:
         epochs = r["epoch_s"][1:] if skip_first else r["epoch_s"]
@@ -225,16 +334,22 @@ def compare(config: VsReferenceConfig) -> dict:
         "config": {k: str(v) for k, v in asdict(config).items() if k not in ("side", "folder")},
         "ratio_all_epochs": _summary([rate(o, False) / rate(t, False) for o, t in pairs]),
         "ratio_after_first_epoch": _summary([rate(o, True) / rate(t, True) for o, t in pairs]),
-        **{f"{side}_{key}": _summary([r[field] for r in rs]) for side, rs in results.items() for key, field in (("startup_s", "startup_s"), ("epoch_over_unet", "epoch_over_unet"), ("peak_rss_mib", "peak_rss_mib"))},
+        **{f"{side}_{key}": _summary([r[key] for r in rs]) for side, rs in results.items() for key in ("startup_s", "epoch_over_unet", "peak_rss_mib") if rs[0][key] is not None},
         **{f"{side}_samples_per_s": _summary([rate(r, False) for r in rs]) for side, rs in results.items()},
+        **{f"{side}_{phase}_images_per_s": _summary([statistics.median(r[f"{phase}_images_per_s"]) for r in rs]) for side, rs in results.items() for phase in ("sampling", "training")},
+        **{f"{side}_gpu_peak_{phase}_mib": _summary([r["gpu_peak_mib"][phase] for r in rs]) for side, rs in results.items() for phase in ("sampling", "training") if rs[0]["gpu_peak_mib"]},
         "runs": results,
     }  # fmt: skip
     r = summary["ratio_all_epochs"]
-    print(f"{config.mode}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
-          f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, "
-          f"trl {summary['trl_epoch_over_unet']['median']:.3f}; peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
+    overhead = f"; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, trl {summary['trl_epoch_over_unet']['median']:.3f}" if config.unet_baseline else ""
+    phases = "; ".join(f"{phase} images/s ours {summary[f'ours_{phase}_images_per_s']['median']:.2f}, trl {summary[f'trl_{phase}_images_per_s']['median']:.2f}" for phase in ("sampling", "training"))
+    print(f"{config.model} {config.mode}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
+          f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}{overhead}; {phases}; "
+          f"peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
+    if "ours_gpu_peak_sampling_mib" in summary:
+        print("GPU peak MiB, sampling / training: " + ", ".join(f"{side} {summary[f'{side}_gpu_peak_sampling_mib']['median']:.0f} / {summary[f'{side}_gpu_peak_training_mib']['median']:.0f}" for side in ("ours", "trl")))
     if config.output is not None:
-        path = Path(str(config.output).replace("{mode}", config.mode))
+        path = Path(str(config.output).format(model=config.model, device=config.device.split(":")[0], mode=config.mode))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
