@@ -385,7 +385,10 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
             writer.close()
         if history:
             last = history[-1]
-            print(f"{config.algorithm}: reward {history[0]['reward_mean']:.4f} -> {last['reward_mean']:.4f} after {last['reward_queries']} reward queries, {last['seconds']:.0f} s")
+            print(
+                f"{config.algorithm}: training batches' mean reward {history[0]['reward_mean']:.4f} (epoch {history[0]['epoch']}) -> {last['reward_mean']:.4f} "
+                f"(epoch {last['epoch']}) after {last['reward_queries']} reward queries, {last['seconds']:.0f} s (each batch has its own prompts and noise)"
+            )
     envs.close()
     return history
 

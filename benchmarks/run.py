@@ -291,7 +291,11 @@ def run(config: BenchConfig) -> dict:
         else:
             summaries.append(run_cell(config, task, algorithm, seed, starts[task][0]))
         overall.update()
-        tqdm.write(f"{task} {algorithm} seed {seed}: {_final(summaries[-1], 'train'):.4f} after {summaries[-1]['reward_queries']} queries, {summaries[-1]['train_seconds']:.0f} s")
+        start_reward, end_reward = summaries[-1]["evaluations"][0].get("eval_train_reward", float("nan")), _final(summaries[-1], "train")
+        tqdm.write(
+            f"{task} {algorithm} seed {seed}: evaluation reward {start_reward:.4f} -> {end_reward:.4f} (the same prompts and noise) "
+            f"after {summaries[-1]['reward_queries']} queries, {summaries[-1]['train_seconds']:.0f} s"
+        )
     overall.close()
 
     results = {

@@ -34,7 +34,7 @@ def test_cli_prints_the_reward_it_logged(tmp_path):
     out, err = cli("embedded-ddpo-is", *TINY, "--epochs", "2", "--output-dir", str(tmp_path)).communicate(timeout=300)
     assert err.count("Traceback") == 0, err[-2000:]
     assert "warn" not in err.lower() and "should be kept in float32" not in err, err[-2000:]  # nothing but our own output
-    first, last, queries = re.search(r"ddpo-is: reward (-?\d+\.\d+) -> (-?\d+\.\d+) after (\d+) reward queries", out).groups()
+    first, last, queries = re.search(r"ddpo-is: training batches' mean reward (-?\d+\.\d+) \(epoch 0\) -> (-?\d+\.\d+) \(epoch 1\) after (\d+) reward queries", out).groups()
     logged = metrics(tmp_path)
     assert int(queries) == 8 == logged[-1]["reward_queries"]
     assert float(first) == round(logged[0]["reward_mean"], 4) and float(last) == round(logged[-1]["reward_mean"], 4)
