@@ -16,7 +16,7 @@ would replace the CPU torch):
     pip install --target benchmarks/.trl --no-deps trl==0.23.1
     python -m benchmarks.vs_reference --mode fp32        # or --mode bf16 (both sides in bf16)
     python -m benchmarks.vs_reference --model sd14 --device cuda --mode bf16 --num-inference-steps 50 \
-        --batches-per-epoch 2 --epochs 2 --runs 2 --no-unet-baseline      # the GPU comparison (a few minutes on an H100-class GPU)
+        --batches-per-epoch 2 --epochs 2 --runs 2 --no-unet-baseline      # the GPU comparison
 """
 
 from __future__ import annotations
