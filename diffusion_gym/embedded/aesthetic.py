@@ -15,18 +15,13 @@ ratings, as LAION's predictor is an MLP on CLIP's image embedding learned from p
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from diffusion_gym.embedded.captioner import Captioner, load_captioner
-
-WEIGHTS_NAME = "model.safetensors"
-CONFIG_NAME = "config.json"
+from diffusion_gym.embedded.captioner import Captioner, load_captioner, read_module, save_module
 
 
 @torch.no_grad()
@@ -72,11 +67,7 @@ class AestheticHead(nn.Module):
         return self.layers((embeddings - self.mean) / self.std).squeeze(-1)
 
     def save(self, folder: str | Path, extra: dict | None = None) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), folder / WEIGHTS_NAME)
-        config = {"embedding_dim": self.embedding_dim, "hidden": self.hidden, "dropout": self.dropout, **(extra or {})}
-        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+        save_module(self, folder, {"embedding_dim": self.embedding_dim, "hidden": self.hidden, "dropout": self.dropout, **(extra or {})})
 
 
 class AestheticPredictor:
@@ -109,12 +100,7 @@ def load_predictor(folder: str | Path | None = None, captioner: str | Path | Non
     from diffusion_gym.embedded import EMBEDDED_DIR
 
     folder = Path(folder) if folder is not None else EMBEDDED_DIR / "aesthetic"
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise ValueError(
-            f"No aesthetic predictor at {folder}; train it with `python -m diffusion_gym.embedded.train_aesthetic`, "
-            "or pass the folder that holds model.safetensors."
-        )
-    config = json.loads((folder / CONFIG_NAME).read_text())
+    config, weights = read_module(folder, "aesthetic predictor", "train it with `python -m diffusion_gym.embedded.train_aesthetic`")
     head = AestheticHead(config["embedding_dim"], config["hidden"], config["dropout"])
-    head.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    head.load_state_dict(weights)
     return AestheticPredictor(head, load_captioner(captioner))

@@ -34,6 +34,21 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 
 
+def save_module(module: nn.Module, folder: str | Path, config: dict) -> None:
+    """A small module of the embedded world as a folder: its weights and the config that rebuilds it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(module.state_dict(), folder / WEIGHTS_NAME)
+    (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+
+def read_module(folder: Path, what: str, how_to_make: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config, weights) of a folder written by `save_module`; ValueError saying how to make it if it is not there."""
+    if not (folder / WEIGHTS_NAME).is_file():
+        raise ValueError(f"No {what} at {folder}; {how_to_make}, or pass the folder that holds {WEIGHTS_NAME}.")
+    return json.loads((folder / CONFIG_NAME).read_text()), load_file(folder / WEIGHTS_NAME)
+
+
 class Captioner(nn.Module):
     """CNN over 32×32 RGB images with one linear head per attribute of `world.ATTRIBUTES`."""
 
@@ -95,10 +110,7 @@ class Captioner(nn.Module):
         return [world.caption(combination_of(row)) for row in self.read(images)]
 
     def save(self, folder: str | Path) -> None:
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        save_file(self.state_dict(), folder / WEIGHTS_NAME)
-        (folder / CONFIG_NAME).write_text(json.dumps({"width": self.width, "attributes": world.ATTRIBUTES}, indent=2) + "\n")
+        save_module(self, folder, {"width": self.width, "attributes": world.ATTRIBUTES})
 
 
 def combination_of(labels: np.ndarray) -> world.Combination:
@@ -111,16 +123,11 @@ def load_captioner(folder: str | Path | None = None) -> Captioner:
     from diffusion_gym.embedded import EMBEDDED_DIR
 
     folder = Path(folder) if folder is not None else EMBEDDED_DIR / "captioner"
-    if not (folder / WEIGHTS_NAME).is_file():
-        raise ValueError(
-            f"No captioner weights at {folder}; train them with `python -m diffusion_gym.embedded.train` "
-            "(see its --help), or pass the folder that holds model.safetensors."
-        )
-    config = json.loads((folder / CONFIG_NAME).read_text())
+    config, weights = read_module(folder, "captioner weights", "train them with `python -m diffusion_gym.embedded.train` (see its --help)")
     if config.get("attributes") != {k: list(v) for k, v in world.ATTRIBUTES.items()}:
         raise ValueError(f"The captioner at {folder} was trained on another world's attributes; retrain it.")
     captioner = Captioner(width=config["width"])
-    captioner.load_state_dict(load_file(folder / WEIGHTS_NAME))
+    captioner.load_state_dict(weights)
     return captioner.eval()
 
 

@@ -42,13 +42,18 @@ class CLIPTextImageScorer:
         batch_size: pairs per forward pass.
     """
 
-    def __init__(self, model: str, processor: str | None = None, template: str = "{}", device: str | torch.device = "cpu", batch_size: int = 32):
+    def __init__(
+        self, model: str, processor: str | None = None, template: str = "{}", device: str | torch.device = "cpu", batch_size: int = 32,
+        options: tuple[str, str] = ("model", "processor"),
+    ):  # fmt: skip
         self.model_name, self.processor_name = str(model), str(processor or model)
         if "{}" not in template:
             raise ValueError(f"template must contain '{{}}' where the prompt goes, got {template!r}.")
         self.template, self.device, self.batch_size = template, torch.device(device), batch_size
-        for name, option in ((self.model_name, "model"), (self.processor_name, "processor")):
-            check_available(name, how_to_download(name, option))
+        # where each comes from is checked now (once if both are one folder), named by the reward's option for it
+        check_available(self.model_name, how_to_download(self.model_name, options[0]))
+        if self.processor_name != self.model_name:
+            check_available(self.processor_name, how_to_download(self.processor_name, options[1]))
 
     @functools.cached_property
     def parts(self) -> tuple:
@@ -183,22 +188,12 @@ class HPSScorer(CLIPTextImageScorer):
     side to the model's size (bicubic), pad to a square with black, OpenAI mean and std."""
 
     def __init__(self, checkpoint: str, clip: str = HPS_CLIP, device: str | torch.device = "cpu", batch_size: int = 32):
-        super().__init__(clip, clip, "{}", device, batch_size)
+        super().__init__(clip, clip, "{}", device, batch_size, options=("clip", "clip"))
         self.checkpoint = str(checkpoint)
 
     @functools.cached_property
     def parts(self) -> tuple:
-        from transformers import CLIPModel
-
-        processor = _load_pretrained("CLIPProcessor", self.processor_name, "clip")
-        config = _load_pretrained("CLIPConfig", self.model_name, "clip")
-        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state)
-        model = CLIPModel(config)
-        missing, unexpected = model.load_state_dict(open_clip_to_transformers(state), strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
-        if missing or unexpected:
-            raise ValueError(f"{self.checkpoint!r} does not fit the CLIP of {self.model_name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}; pass the matching clip='DIR'.")
+        processor, model = _load_pretrained("CLIPProcessor", self.processor_name, "clip"), _load_hps(self.checkpoint, self.model_name)
         return processor, model.to(self.device).eval().requires_grad_(False)
 
     def inputs(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -208,6 +203,21 @@ class HPSScorer(CLIPTextImageScorer):
         pixels = torch.tensor(np.stack([(_pad_to_square(image, size) / 255.0 - mean) / std for image in images]).transpose(0, 3, 1, 2), dtype=torch.float32)
         tokens = processor.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=processor.tokenizer.model_max_length, return_tensors="pt")
         return {"pixel_values": pixels, "input_ids": tokens["input_ids"], "attention_mask": tokens["attention_mask"]}
+
+
+@functools.lru_cache(maxsize=None)
+def _load_hps(checkpoint: str, clip: str):
+    """The HPS checkpoint in a CLIPModel of `clip`'s config, once per process."""
+    from transformers import CLIPModel
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state)
+    model = CLIPModel(_load_pretrained("CLIPConfig", clip, "clip"))
+    missing, unexpected = model.load_state_dict(open_clip_to_transformers(state), strict=False)
+    missing = [k for k in missing if not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"{checkpoint!r} does not fit the CLIP of {clip!r}: missing {missing[:5]}, unexpected {unexpected[:5]}; pass the matching clip='DIR'.")
+    return model
 
 
 def _pad_to_square(image: np.ndarray, size: int) -> np.ndarray:
