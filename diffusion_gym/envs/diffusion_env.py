@@ -14,7 +14,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from diffusion_gym.envs.registration import PAPER_DEFAULTS
-from diffusion_gym.envs.spaces import PromptText, TensorBox, TensorDiscrete, TensorMultiDiscrete
+from diffusion_gym.envs.spaces import PromptText, TensorBox, TensorDiscrete
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.policy import DiffusionPolicy, check_guidance_interval, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
@@ -178,9 +178,6 @@ class DiffusionVectorEnv(VectorEnv):
         )
         self.single_action_space = Box(-np.inf, np.inf, shape=sample_shape, dtype=np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
-        if tensors:
-            self.observation_space["timestep"] = TensorMultiDiscrete(np.full(num_envs, self.sampler.num_train_timesteps))
-            self.observation_space["x_t"] = TensorBox(-np.inf, np.inf, shape=(num_envs, *sample_shape), dtype=np.float32)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         self._timesteps: list[int] = self.sampler.timesteps.tolist()

@@ -6,7 +6,7 @@
   strings, unlike arrays, are not views of the buffer.
 - `TensorBox`, `TensorDiscrete`, `TensorMultiDiscrete`: with `array_type="torch"` observations
   are torch tensors; these spaces check them as the numpy arrays they stand for, so that
-  `observation_space.contains(obs)` holds.
+  `observation_space.contains(obs)` holds. Batched (`batch_space`), they stay tensor spaces.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from gymnasium.spaces import Box, Discrete, MultiDiscrete, Text
-from gymnasium.vector.utils import read_from_shared_memory
+from gymnasium.vector.utils import batch_space, read_from_shared_memory
 
 
 class PromptText(Text):
@@ -79,3 +79,15 @@ class TensorMultiDiscrete(MultiDiscrete):
 
     def contains(self, x: Any) -> bool:
         return super().contains(_numpy(x))
+
+
+@batch_space.register(TensorBox)
+def _batch_box(space: TensorBox, n: int = 1) -> TensorBox:
+    batched = batch_space.dispatch(Box)(space, n)
+    return TensorBox(batched.low, batched.high, dtype=batched.dtype, seed=space.np_random)
+
+
+@batch_space.register(TensorDiscrete)
+def _batch_discrete(space: TensorDiscrete, n: int = 1) -> TensorMultiDiscrete:
+    batched = batch_space.dispatch(Discrete)(space, n)
+    return TensorMultiDiscrete(batched.nvec, dtype=batched.dtype, seed=space.np_random, start=batched.start)
