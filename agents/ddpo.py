@@ -24,10 +24,10 @@ from typing import Literal
 import numpy as np
 import torch
 
-from agents.buffer import Trajectories
 from agents.distributed import average_gradients, gather_prompts_and_rewards
 from agents.normalizer import PerPromptNormalizer, within_prompt_std
 from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.rollout import Trajectories
 from diffusion_gym.samplers import gaussian_kl
 
 
@@ -39,20 +39,20 @@ class DDPOConfig:
     """"sf": score function, one step per batch; "is": importance sampling with clipping."""
     learning_rate: float = 3e-4
     """AdamW learning rate."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas."""
     adam_weight_decay: float = 1e-4
-    """AdamW weight decay."""
-    adam_epsilon: float = 1e-8
-    """AdamW epsilon."""
+    """AdamW weight decay (its betas and epsilon: torch's defaults, as ddpo-pytorch's)."""
     train_batch_size: int = 8
     """Samples per minibatch (one forward/backward per sampler step)."""
     gradient_accumulation_steps: int = 1
     """Minibatches per optimizer step ("is"; "sf" accumulates the whole batch into one step)."""
     num_inner_epochs: int = 1
     """Passes over each batch of samples ("is" only)."""
+    log_prob_reduce: Literal["sum", "mean"] = "mean"
+    """How a step's log-prob reduces over the sample's dimensions: "sum" (the exact log-density) or
+    "mean" (ddpo-pytorch's and trl's: the sum over the number of dimensions, which scales every
+    log-ratio down as much, so `clip_range` must be as small)."""
     clip_range: float = 1e-4
-    """ε of the trust region on ρ ("is"); tiny because log-probs are per-dimension means by default."""
+    """ε of the trust region on ρ ("is"); with "mean" log-probs ρ − 1 is tiny, and so is ε."""
     adv_clip_max: float = 5.0
     """Advantages are clipped to ±this."""
     per_prompt_buffer: int = 32
@@ -61,17 +61,12 @@ class DDPOConfig:
     older policy (`agents.normalizer`)."""
     per_prompt_min_count: int = 16
     """Rewards a prompt needs before its own statistics replace the batch's."""
-    per_prompt_std_floor: float = 0.0
-    """The std that advantages are divided by is never below this (reward units; 0: the paper's
-    normaliser). It keeps a prompt whose samples score almost alike from having its noise scaled
-    up to unit advantages (see `agents.normalizer`)."""
     timestep_fraction: float = 1.0
     """Fraction of each episode's steps trained on (a random subset per sample)."""
     min_step_std_ratio: float = 0.0
     """Steps whose policy std σ_t is below this fraction of the episode's largest σ_t are never
     trained on (0: every step is). A step's log-prob gradient is (ε/σ_t)·∂μ/∂θ: its noise grows
-    as 1/σ_t while its expected value does not, so a near-deterministic last step (σ ≈ 0.006
-    against 0.99 at the first of 10 DDIM steps) drowns the others."""
+    as 1/σ_t while its expected value does not, so near-deterministic steps can drown the others."""
     max_grad_norm: float = 1.0
     """Gradient norm clip."""
     kl_coef: float = 0.0
@@ -89,8 +84,8 @@ class DDPOConfig:
             (self.train_batch_size >= 1, f"train_batch_size must be >= 1, got {self.train_batch_size}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
             (self.num_inner_epochs >= 1, "num_inner_epochs must be >= 1"),
+            (self.log_prob_reduce in ("sum", "mean"), f"log_prob_reduce must be 'sum' or 'mean', got {self.log_prob_reduce!r}"),
             (self.clip_range > 0, f"clip_range must be > 0, got {self.clip_range}"),
-            (self.per_prompt_std_floor >= 0, f"per_prompt_std_floor must be >= 0, got {self.per_prompt_std_floor}"),
             (0 < self.timestep_fraction <= 1, f"timestep_fraction must be in (0, 1], got {self.timestep_fraction}"),
             (0 <= self.min_step_std_ratio <= 1, f"min_step_std_ratio must be in [0, 1], got {self.min_step_std_ratio}"),
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
@@ -131,7 +126,7 @@ class DDPO:
     """DDPO-SF or DDPO-IS on a `DiffusionPolicy` (LoRA or full fine-tuning must be enabled).
 
     `update(trajectories)` does one epoch of optimisation on a batch collected with
-    `agents.buffer.collect` by the same policy.
+    `diffusion_gym.rollout` by the same policy.
     """
 
     def __init__(self, policy: DiffusionPolicy, config: DDPOConfig, generator: torch.Generator | None = None):
@@ -143,11 +138,9 @@ class DDPO:
         if config.mixed_precision == "fp16" and policy.device.type != "cuda":
             raise ValueError("mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU.")
         self.optimizer = torch.optim.AdamW(
-            self.parameters, lr=config.learning_rate, betas=config.adam_betas, weight_decay=config.adam_weight_decay, eps=config.adam_epsilon
+            self.parameters, lr=config.learning_rate, weight_decay=config.adam_weight_decay
         )
-        self.normalizer = PerPromptNormalizer(
-            config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max, std_floor=config.per_prompt_std_floor
-        )
+        self.normalizer = PerPromptNormalizer(config.per_prompt_buffer, config.per_prompt_min_count, clip=config.adv_clip_max)
         self.generator = generator or torch.Generator().manual_seed(0)
         self.scaler = torch.amp.GradScaler("cuda") if config.mixed_precision == "fp16" else None
 
@@ -174,6 +167,7 @@ class DDPO:
             else nullcontext()
         )
         stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl": [], "grad_norm": []}
+        dims = batch.samples[0, 0].numel() if config.log_prob_reduce == "mean" else 1  # the policy's log-probs are sums
 
         for _ in range(inner_epochs):
             order = torch.randperm(num_samples, generator=self.generator)
@@ -186,11 +180,12 @@ class DDPO:
                     obs, action = batch.observation(index, steps), batch.action(index, steps)
                     with autocast:
                         out = policy(obs, action=action)
-                    loss, info = ddpo_loss(out.log_prob, batch.log_probs[index, steps], advantages[index], config.estimator, config.clip_range)
+                    log_prob, old_log_prob = out.log_prob / dims, batch.log_probs[index, steps] / dims
+                    loss, info = ddpo_loss(log_prob, old_log_prob, advantages[index], config.estimator, config.clip_range)
                     if config.kl_coef > 0:
                         with torch.no_grad(), policy.reference(), autocast:
                             reference_mean = policy(obs, action=action).mean
-                        kl = gaussian_kl(out.mean, reference_mean, out.std, reduce=policy.reduce).mean()
+                        kl = gaussian_kl(out.mean, reference_mean, out.std, reduce=config.log_prob_reduce).mean()
                         loss = loss + config.kl_coef * kl
                         stats["kl"].append(kl.item())
                     stats["loss"].append(loss.item())

@@ -1,15 +1,8 @@
 """Per-prompt reward normalisation: the advantage estimate of DDPO.
 
 Each prompt keeps a running buffer of its most recent rewards. A reward's advantage is
-(r − mean) / (max(std, std_floor) + eps) with the mean and std of its prompt's buffer, or of the
-whole batch while the prompt has fewer than `min_count` rewards; it is then clipped to ±clip.
-
-`std_floor` (in reward units; 0 is the paper's normaliser) matters once a prompt's samples score
-almost alike: dividing by their tiny std turns reward differences that may be mostly noise into
-unit-sized advantages. With a floor, such a prompt's advantages shrink with its spread instead;
-a very large floor amounts to subtracting the mean only, as Dr. GRPO (Liu et al., 2025) does.
-On the embedded model's compressibility a floor of 0.05 kB slowed DDPO-IS, and 0.015 kB did not
-prevent the turn its runs take late on (`benchmarks/README.md`), so the presets keep 0.
+(r − mean) / (std + eps) with the mean and std of its prompt's buffer, or of the whole batch
+while the prompt has fewer than `min_count` rewards; it is then clipped to ±clip.
 
 The buffer's length matters while the policy improves. Rewards kept from a prompt's earlier
 visits come from an older, worse policy: they pull its mean back, so every new sample of the
@@ -17,8 +10,7 @@ prompt gets a positive advantage, and the gap between visits inflates the std th
 within-batch differences are divided by. With `buffer_size` equal to the samples a batch draws
 per prompt (and `min_count` the same), each prompt is normalised within its own batch, as GRPO
 (Shao et al., 2024) does (a prompt drawn twice for one batch gets the statistics of its later
-draw's samples). On the embedded model's compressibility that made DDPO-IS learn about
-twice as fast per reward query (`benchmarks/README.md`).
+draw's samples).
 """
 
 from __future__ import annotations
@@ -47,17 +39,14 @@ class PerPromptNormalizer:
         min_count: rewards a prompt needs before its own statistics are used.
         clip: advantages are clipped to [-clip, clip].
         eps: added to the std.
-        std_floor: the std is never taken below this (reward units).
     """
 
-    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6, std_floor: float = 0.0):
+    def __init__(self, buffer_size: int = 32, min_count: int = 16, clip: float = 5.0, eps: float = 1e-6):
         if buffer_size < 1 or not 1 <= min_count <= buffer_size:
             raise ValueError(f"Need buffer_size >= 1 and 1 <= min_count <= buffer_size, got {buffer_size}, {min_count}.")
         if clip <= 0:
             raise ValueError(f"clip must be > 0, got {clip}")
-        if not std_floor >= 0:
-            raise ValueError(f"std_floor must be >= 0, got {std_floor}")
-        self.buffer_size, self.min_count, self.clip, self.eps, self.std_floor = buffer_size, min_count, clip, eps, std_floor
+        self.buffer_size, self.min_count, self.clip, self.eps = buffer_size, min_count, clip, eps
         self.buffers: dict[str, deque] = {}
 
     def __call__(self, prompts: Sequence[str], rewards: np.ndarray) -> np.ndarray:
@@ -72,7 +61,7 @@ class PerPromptNormalizer:
         for i, (prompt, reward) in enumerate(zip(prompts, rewards)):
             buffer = self.buffers[prompt]
             mean, std = (np.mean(buffer), np.std(buffer)) if len(buffer) >= self.min_count else (batch_mean, batch_std)
-            advantages[i] = (reward - mean) / (max(std, self.std_floor) + self.eps)
+            advantages[i] = (reward - mean) / (std + self.eps)
         return np.clip(advantages, -self.clip, self.clip)
 
     def state_dict(self) -> dict:

@@ -16,14 +16,14 @@ beating it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
 
-from agents.buffer import Trajectories
 from agents.distributed import average_gradients, gather_prompts_and_rewards
 from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.rollout import Trajectories
 
 
 @dataclass
@@ -64,6 +64,37 @@ class RWRConfig:
                 raise ValueError(prefix + message)
 
 
+def denoising_loss(
+    policy: DiffusionPolicy, x0: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """The ordinary (conditional) diffusion training loss of the policy's UNet, one value per
+    sample: ‖target − model(x_t, c, t)‖² averaged over dimensions, x_t the scheduler's forward
+    noising of x_0 (`add_noise`) and the target ε, v (`get_velocity`) or x_0 as the model predicts.
+
+    Args:
+        x0: clean samples, (B, C, H, W), in the model's sample space.
+        prompts: B prompts.
+        timesteps: (B,) training timesteps; drawn uniformly if None.
+        generator: for the timesteps and the noise.
+
+    Returns:
+        (B,) float32, differentiable w.r.t. the trainable parameters.
+    """
+    scheduler = policy.sampler.scheduler
+    x0 = x0.to(policy.device, torch.float32)
+    if timesteps is None:
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device="cpu")
+    timesteps = timesteps.to(policy.device).long()
+    noise = torch.randn(x0.shape, generator=generator, device="cpu").to(policy.device)
+    x_t = scheduler.add_noise(x0, noise, timesteps)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type not in ("epsilon", "v_prediction", "sample"):
+        raise ValueError(f"Unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
+    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else x0
+    prediction = policy.unet(x_t.to(policy.dtype), timesteps, encoder_hidden_states=policy.encode_prompts(list(prompts))).sample.float()
+    return ((prediction - target) ** 2).mean(dim=(1, 2, 3))
+
+
 def rwr_weights(rewards: np.ndarray, config: RWRConfig) -> np.ndarray:
     """Per-sample weights (N,) from rewards (N,), as the module docstring defines them."""
     rewards = np.asarray(rewards, dtype=np.float64)
@@ -99,7 +130,7 @@ class RWR:
         for _ in range(self.config.num_updates):
             pick = torch.randint(len(candidates), (min(self.config.train_batch_size, len(candidates)),), generator=self.generator)
             index = candidates[pick]
-            per_sample = self.policy.denoising_loss(x0[index], [batch.prompts[i] for i in index.tolist()], generator=self.generator)
+            per_sample = denoising_loss(self.policy, x0[index], [batch.prompts[i] for i in index.tolist()], generator=self.generator)
             loss = (weights[index].to(per_sample.device) * per_sample).mean()
             loss.backward()
             average_gradients(self.parameters)

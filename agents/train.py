@@ -35,14 +35,15 @@ from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
-from agents.buffer import collect
 from agents.ddpo import DDPO, DDPOConfig
 from agents.distributed import is_distributed, rank, world_size
 from agents.rwr import RWR, RWRConfig
 from diffusion_gym.coerce import coerce
 from diffusion_gym.models.hub import quiet_libraries
-from diffusion_gym.policy import DEFAULT_LORA_TARGETS, DiffusionPolicy, check_guidance_scale
+from diffusion_gym.finetuning import DEFAULT_LORA_TARGETS
+from diffusion_gym.policy import DiffusionPolicy, check_guidance_scale
 from diffusion_gym.rewards import check_reward
+from diffusion_gym.rollout import rollout
 
 ALGORITHMS = ("ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse")
 
@@ -58,18 +59,18 @@ class TrainConfig:
     model: str = "embedded"
     """Hub id, local pipeline folder, "embedded" or "tiny-random"."""
     reward: str | None = None
-    """Registered reward name; None: the task's own."""
+    """Registered reward name; None: the task's own for the model (`gym.spec(env_id).kwargs["defaults"]`)."""
     reward_kwargs: dict[str, str] = field(default_factory=dict)
     """Options of the reward, e.g. `--reward-kwargs clip_model /models/clip mlp_weights /models/mlp.pth`
     (converted to the reward factory's types)."""
     prompts: str | None = None
-    """Prompt set name; None: the model's own, else the task's."""
+    """Prompt set name; None: the task's for the model (`gym.spec(env_id).kwargs["defaults"]`)."""
     num_inference_steps: int | None = None
-    """Sampler steps; None: the model's default, else the paper's 50."""
+    """Sampler steps; None: the task's for the model (`gym.spec(env_id).kwargs["defaults"]`)."""
     guidance_scale: float | None = None
-    """Classifier-free guidance (sampling and training); None: the model's default, else 5."""
+    """Classifier-free guidance (sampling and training); None: the policy's for the model (`diffusion_gym.policy.SAMPLING`)."""
     guidance_interval: tuple[int, int] | None = None
-    """Timesteps (low, high) that guidance applies to; None: the model's default, else every step."""
+    """Timesteps (low, high) that guidance applies to; None: the policy's for the model (`diffusion_gym.policy.SAMPLING`)."""
     num_envs: int = 16
     """Episodes sampled in parallel per process (the sampling batch)."""
     batches_per_epoch: int = 4
@@ -90,8 +91,6 @@ class TrainConfig:
     """Rank of the LoRA adapters."""
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
     """Module names that get LoRA adapters (default: the attention projections, as ddpo-pytorch)."""
-    log_prob_reduce: Literal["sum", "mean"] = "mean"
-    """Log-probs per step: "sum" over dimensions (exact) or "mean" (ddpo-pytorch; pairs with a tiny clip range)."""
     ddpo: DDPOConfig = field(default_factory=DDPOConfig)
     """DDPO settings (ddpo-sf, ddpo-is); the estimator is set from `algorithm`."""
     rwr: RWRConfig = field(default_factory=RWRConfig)
@@ -158,11 +157,16 @@ class TrainConfig:
 
     def env_kwargs(self) -> dict:
         """The env settings this run gives (the rest are the task's and the model's defaults)."""
-        settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps), ("guidance_scale", self.guidance_scale), ("guidance_interval", self.guidance_interval))
+        settings = (("reward", self.reward), ("prompts", self.prompts), ("num_inference_steps", self.num_inference_steps))
         kwargs = {k: v for k, v in settings if v is not None}
         if self.reward_kwargs:
             kwargs["reward_kwargs"] = dict(self.reward_kwargs)
         return kwargs
+
+    def sampling(self) -> dict:
+        """The policy settings this run gives (the rest are the policy's defaults for the model)."""
+        settings = (("guidance_scale", self.guidance_scale), ("guidance_interval", self.guidance_interval))
+        return {k: v for k, v in settings if v is not None}
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """This config with `overrides` applied, as a new, validated config.
@@ -219,14 +223,11 @@ def embedded_preset(algorithm: str) -> TrainConfig:
     8 prompts × 8 (per-prompt advantages from the first epoch), at most 10,000 reward queries
     or 30 minutes.
 
-    DDPO: 2 passes over each batch on half the steps for IS (8 optimizer steps an epoch for the
-    cost of 4 full ones) at lr 5e-4, SF one step an epoch at lr 2e-3 (IS at 2e-3 learns as fast
-    for 1300 queries, then turns and draws noise images by 5000; at 5e-4 that can still happen,
-    later: from ~5000 queries; `benchmarks/README.md` has the runs); steps with
-    σ_t below a fifth of the first step's are not trained on (at 10 steps the last two, σ_t =
-    0.14 and 0.006), and the clip range is 1e-3. RWR: 4 updates
-    of 32 an iteration at lr 1e-4, β = 10 (the paper's 0.2 is for rewards in kB of 512×512
-    images, about 50× our spread)."""
+    DDPO: IS makes 2 passes over each batch on half the steps (8 optimizer steps an epoch for
+    the cost of 4 full ones) at lr 5e-4, SF one step an epoch at lr 2e-3; steps with σ_t below a
+    fifth of the first step's are not trained on (at 10 steps the last two), and the clip range
+    is 1e-3. RWR: 4 updates of 32 an iteration at lr 1e-4, β = 10 (the paper's 0.2 is for
+    rewards in kB of 512×512 images, whose spread is far larger than a 32×32 image's)."""
     is_ddpo_is = algorithm == "ddpo-is"
     return TrainConfig(
         algorithm=algorithm,
@@ -301,7 +302,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     if device == "cuda" and is_distributed():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank()))}"  # one GPU per process
     envs = gym.make_vec(config.env_id, num_envs=config.num_envs, model=config.model, device=device, dtype=config.dtype, array_type="torch", **config.env_kwargs())
-    policy = DiffusionPolicy.from_env(envs, reduce=config.log_prob_reduce)
+    policy = DiffusionPolicy.from_env(envs, **config.sampling())
     if config.finetuning == "lora":
         policy.enable_lora(rank=config.lora_rank, target_modules=config.lora_targets, seed=config.seed)  # the same adapters on every process
     else:
@@ -343,7 +344,9 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     start = time.perf_counter() - seconds_before
     bar = tqdm(range(start_epoch, config.epochs), desc=config.algorithm, unit="epoch", disable=not (config.progress and main_process), initial=start_epoch, total=config.epochs)
     for epoch in bar:
-        batch = collect(envs, policy, config.batches_per_epoch, generator=sampling_generator, overlap_rewards=config.overlap_rewards, samples_per_prompt=config.samples_per_prompt)
+        batch = rollout(
+            envs, policy, config.batches_per_epoch, generator=sampling_generator, overlap_rewards=config.overlap_rewards, samples_per_prompt=config.samples_per_prompt
+        )
         queries += len(batch) * world_size()
         rewards = _gather(batch.rewards)
         metrics = agent.update(batch)

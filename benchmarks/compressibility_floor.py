@@ -37,7 +37,7 @@ import tyro
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from diffusion_gym.embedded import world
-from diffusion_gym.embedded.evaluate import sample
+from embedded_tools.evaluate import sample
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.rewards.jpeg import jpeg_size_kb
 
@@ -75,8 +75,8 @@ def _finish(policy: DiffusionPolicy, x: torch.Tensor, timesteps: torch.Tensor, p
 
 
 def floor(config: FloorConfig) -> dict[str, float]:
-    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=min(32, config.eval_prompts), model="embedded", num_inference_steps=config.num_inference_steps, guidance_scale=1.0)
-    policy = DiffusionPolicy.from_env(envs)
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=min(32, config.eval_prompts), model="embedded", num_inference_steps=config.num_inference_steps)
+    policy = DiffusionPolicy.from_env(envs, guidance_scale=1.0)
     all_prompts = envs.unwrapped.prompts
     prompts = [all_prompts[i] for i in np.linspace(0, len(all_prompts) - 1, config.eval_prompts).round().astype(int)]  # as the benchmark's evaluation
     timesteps, sampler = policy.sampler.timesteps, policy.sampler

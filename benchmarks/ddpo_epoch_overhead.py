@@ -18,7 +18,7 @@ import torch
 import tyro
 
 import diffusion_gym  # noqa: F401  (registers the ids)
-from agents.buffer import collect
+from diffusion_gym.rollout import rollout
 from agents.ddpo import DDPO, DDPOConfig
 from diffusion_gym.policy import DiffusionPolicy
 
@@ -73,16 +73,16 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tup
 def main(config: EpochOverheadConfig) -> dict:
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=config.num_envs, model=config.model, num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, guidance_interval=(0, 999), device="cpu", array_type="torch",  # every step guided, as timed below
+        device="cpu", array_type="torch",
     )  # fmt: skip
-    policy = DiffusionPolicy.from_env(envs, reduce="mean")
+    policy = DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale, guidance_interval=(0, 999))  # every step guided, as timed below
     policy.enable_lora(rank=8)
     agent = DDPO(policy, DDPOConfig(estimator=config.estimator, train_batch_size=config.train_batch_size))
     envs.reset(seed=0)
     epochs, isolated = [], []
     for i in range(config.repeats + 1):
         start = time.perf_counter()
-        agent.update(collect(envs, policy, config.batches_per_epoch))
+        agent.update(rollout(envs, policy, config.batches_per_epoch))
         epoch = time.perf_counter() - start
         sampling, training = isolated_passes(policy, config)
         if i > 0:  # the first round warms up

@@ -19,6 +19,7 @@ import tyro
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.rollout import rollout
 
 
 @dataclass
@@ -50,7 +51,7 @@ def direct_episode(envs, policy: DiffusionPolicy, seed: int) -> np.ndarray:
     x = torch.from_numpy(rng.standard_normal((base.num_envs, *base.model.sample_shape), dtype=np.float32)).to(policy.device)
     generator = torch.Generator(policy.device).manual_seed(seed)
     with torch.no_grad():
-        for t in base.sampler.timesteps.tolist():
+        for t in base.scheduler.timesteps.tolist():
             timesteps = torch.full((base.num_envs,), t, device=policy.device)
             x = policy({"prompt": prompts, "timestep": timesteps, "x_t": x}, generator=generator).prev_sample
     rewards, _ = base.reward_fn(base.model.decode(x), prompts)
@@ -58,13 +59,8 @@ def direct_episode(envs, policy: DiffusionPolicy, seed: int) -> np.ndarray:
 
 
 def env_episode(envs, policy: DiffusionPolicy, seed: int) -> np.ndarray:
-    obs, _ = envs.reset(seed=seed)
-    generator = torch.Generator(policy.device).manual_seed(seed)
-    while True:
-        action, _ = policy.act(obs, generator=generator)
-        obs, reward, terminated, _, _ = envs.step(action)
-        if bool(terminated.all()):
-            return np.asarray(reward.cpu() if isinstance(reward, torch.Tensor) else reward)
+    batch = rollout(envs, policy, seed=seed, generator=torch.Generator(policy.device).manual_seed(seed), keep_steps=False)
+    return batch.rewards.cpu().numpy()
 
 
 def _sync(device: torch.device) -> None:

@@ -25,7 +25,7 @@ import torch
 import tyro
 
 import diffusion_gym  # noqa: F401  (registers the ids)
-from agents.buffer import collect
+from diffusion_gym.rollout import rollout
 from diffusion_gym.policy import DiffusionPolicy
 
 CLIP_RANGES = (1e-4, 1e-3, 1e-2, 0.2)
@@ -60,15 +60,15 @@ def first_ratios(model: str, precision: str, config: PrecisionRatioConfig) -> di
     dtype, autocast_dtype = PRECISIONS[precision]
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=config.num_envs, model=model, num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, device=config.device, dtype=dtype, array_type="torch",
+        device=config.device, dtype=dtype, array_type="torch",
     )  # fmt: skip
+    policy = DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale)
+    policy.enable_lora(rank=4, seed=0)  # B = 0: the policy is still the sampling one
     out = {}
-    for reduce in ("sum", "mean"):
-        policy = DiffusionPolicy.from_env(envs, reduce=reduce)
-        if policy.finetuning is None:
-            policy.enable_lora(rank=4, seed=0)  # B = 0: the policy is still the sampling one
+    for reduce in ("sum", "mean"):  # DDPOConfig.log_prob_reduce: "mean" divides the sums by the dimensions
+        dims = int(np.prod(policy.model.sample_shape)) if reduce == "mean" else 1
         envs.reset(seed=0)
-        batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+        batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
         autocast = nullcontext() if autocast_dtype is None else torch.autocast(policy.device.type, dtype=getattr(torch, autocast_dtype))
         deltas = []
         with torch.no_grad(), autocast:
@@ -76,7 +76,7 @@ def first_ratios(model: str, precision: str, config: PrecisionRatioConfig) -> di
                 index = torch.arange(len(batch))
                 steps = torch.full((len(batch),), step)
                 new = policy(batch.observation(index, steps), action=batch.action(index, steps)).log_prob
-                deltas.append((new.float() - batch.log_probs[index, steps].float()).abs().cpu())
+                deltas.append(((new.float() - batch.log_probs[index, steps].float()) / dims).abs().cpu())
         delta = torch.cat(deltas).double().numpy()
         ratio_gap = np.abs(np.expm1(delta))
         out[reduce] = {

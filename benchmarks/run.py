@@ -43,7 +43,7 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from diffusion_gym.embedded.evaluate import sample
+from embedded_tools.evaluate import sample
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
@@ -52,10 +52,8 @@ from diffusion_gym.rewards import jpeg_size_kb
 
 ALGORITHM_NAMES = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr-exp": "RWR", "rwr-sparse": "RWR-sparse", "ddpo-is-kl": "DDPO-IS + KL"}
 # Variants a grid can run beside the four algorithms: name -> (algorithm, overrides of its preset).
-# The KL variant shows whether the per-step KL penalty toward the starting model holds back the
-# over-optimisation (falling prompt faithfulness) that plain DDPO shows. Its coefficient, with the
-# embedded presets' per-dimension log-probs: at 1.0 the penalty held the policy at its start
-# (compressibility after 640 queries: 1.236 kB against 1.232 at the start), so 0.1.
+# The KL variant adds the per-step KL penalty toward the starting model (weighted for the
+# presets' per-dimension-mean log-probs), to show whether it holds back over-optimisation.
 VARIANTS: dict[str, tuple[str, dict]] = {"ddpo-is-kl": ("ddpo-is", {"ddpo": {"kl_coef": 0.1}})}
 
 
@@ -249,7 +247,7 @@ def start_of_task(config: BenchConfig, task: str, out: Path) -> tuple[dict, dict
         return json.loads(path.read_text()), dict(np.load(images_path))
     train_config = cell_config(config, task, config.algorithms[0], 0)
     envs = gym.make_vec(task, num_envs=1, model=train_config.model, device=train_config.device, dtype=train_config.dtype, **train_config.env_kwargs())
-    policy = DiffusionPolicy.from_env(envs)
+    policy = DiffusionPolicy.from_env(envs, **train_config.sampling())
     metrics, images = Evaluator(config, train_config, policy)(policy)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(metrics, indent=1) + "\n")

@@ -193,19 +193,19 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     import torch
 
     import diffusion_gym  # noqa: F401
-    from agents.buffer import collect
     from agents.ddpo import DDPO, DDPOConfig
     from diffusion_gym.policy import DiffusionPolicy
+    from diffusion_gym.rollout import rollout
 
     bf16 = config.mode == "bf16"
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=config.sample_batch_size, model=str(config.folder), num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale, eta=1.0, prompts=PROMPT_SET, device=config.device, dtype="bfloat16" if bf16 else "float32", array_type="torch",
+        prompts=PROMPT_SET, device=config.device, dtype="bfloat16" if bf16 else "float32", array_type="torch",
     )  # fmt: skip
-    policy = DiffusionPolicy.from_env(envs, reduce="mean")  # ddpo-pytorch's and trl's per-step log-prob: a mean over dimensions
+    policy = DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale, eta=1.0)
     policy.enable_lora(rank=4, target_modules=("to_q", "to_k", "to_v", "to_out.0"))  # trl's adapters (its rank is fixed)
     agent = DDPO(
-        policy, DDPOConfig(estimator="is", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
+        policy, DDPOConfig(estimator="is", log_prob_reduce="mean", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
         torch.Generator().manual_seed(0),
     )  # fmt: skip
     envs.reset(seed=0)
@@ -214,7 +214,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     for epoch in range(config.epochs):
         with phases.epoch():
             with phases("sampling"):
-                batch = collect(envs, policy, config.batches_per_epoch, generator=torch.Generator().manual_seed(epoch))
+                batch = rollout(envs, policy, config.batches_per_epoch, generator=torch.Generator().manual_seed(epoch))
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext

@@ -6,11 +6,10 @@
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=8, model="tiny-random")
     policy = diffusion_gym.DiffusionPolicy.from_env(envs)
     obs, info = envs.reset(seed=0)
-    while True:
-        action, log_prob = policy.act(obs)
-        obs, reward, terminated, truncated, info = envs.step(action)
-        if terminated.all():
-            break
+    action, log_prob = policy.act(obs)  # x_{t-1} and its exact log-prob
+    obs, reward, terminated, truncated, info = envs.step(action)
+
+Whole batches of episodes: `diffusion_gym.rollout.rollout(envs, policy)`.
 
 Importing the package registers the ids and nothing heavier: torch, diffusers and transformers
 load when an env, a policy or a model is first made (or one of the names below first used).
@@ -38,6 +37,8 @@ _LAZY = {
     "DiffusionModel": "diffusion_gym.models",
     "load_model": "diffusion_gym.models",
     "DiffusionPolicy": "diffusion_gym.policy",
+    "SAMPLING": "diffusion_gym.policy",
+    "Trajectories": "diffusion_gym.rollout",
     "PROMPT_SETS": "diffusion_gym.prompts",
     "load_prompts": "diffusion_gym.prompts",
     "REWARDS": "diffusion_gym.rewards",

@@ -15,10 +15,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
-from tqdm import tqdm
-
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
+from diffusion_gym.rollout import rollout
 
 
 @dataclass
@@ -32,11 +31,11 @@ class DemoConfig:
     num_envs: int = 8
     """Episodes sampled in one batch."""
     num_inference_steps: int | None = None
-    """Sampler steps per episode; None: the model's default (embedded: 20), else the paper's 50."""
+    """Sampler steps per episode; None: the task's for the model (embedded: 20, else the paper's 50)."""
     guidance_scale: float | None = None
-    """Classifier-free guidance weight; None: the model's default (embedded: 3.0), else 5.0."""
+    """Classifier-free guidance weight; None: the policy's for the model (embedded: 3.0, else 5.0)."""
     guidance_interval: tuple[int, int] | None = None
-    """Timesteps (low, high) that guidance applies to; None: the model's default, else every step."""
+    """Timesteps (low, high) that guidance applies to; None: the policy's for the model (embedded: (600, 999), else every step)."""
     seed: int = 0
     """Seeds the prompts, the initial noise and the policy's noise."""
     device: str = "auto"
@@ -46,34 +45,24 @@ class DemoConfig:
 
 
 def run(config: DemoConfig) -> dict:
-    envs = gym.make_vec(
-        config.env_id,
-        num_envs=config.num_envs,
-        model=config.model,
-        num_inference_steps=config.num_inference_steps,
-        guidance_scale=config.guidance_scale,
-        guidance_interval=config.guidance_interval,
-        device=config.device,
-    )
-    policy = DiffusionPolicy.from_env(envs)
+    envs = gym.make_vec(config.env_id, num_envs=config.num_envs, model=config.model, num_inference_steps=config.num_inference_steps, device=config.device)
+    sampling = {"guidance_scale": config.guidance_scale, "guidance_interval": config.guidance_interval}
+    policy = DiffusionPolicy.from_env(envs, **{k: v for k, v in sampling.items() if v is not None})
     generator = torch.Generator(policy.device).manual_seed(config.seed)
-    obs, _ = envs.reset(seed=config.seed)
     start = time.perf_counter()
-    for _ in tqdm(range(envs.unwrapped.num_steps), desc="denoising", unit="step"):
-        action, _ = policy.act(obs, generator=generator)
-        obs, reward, terminated, _, info = envs.step(action)
+    batch = rollout(envs, policy, seed=config.seed, generator=generator, keep_steps=False)
     seconds = time.perf_counter() - start
-    assert terminated.all(), "the episode should end after num_inference_steps steps"
 
     config.output_dir.mkdir(parents=True, exist_ok=True)
-    rows = [(f"{r:+.3f}  {p}", image[None]) for r, p, image in zip(np.asarray(reward), obs["prompt"], info["images"])]
+    rewards = batch.rewards.numpy().astype(np.float64)
+    rows = [(f"{r:+.3f}  {p}", image[None]) for r, p, image in zip(rewards, batch.prompts, batch.images)]
     prompt_grid(rows).save(config.output_dir / "samples.png")
     result = {
         "config": {k: str(v) for k, v in asdict(config).items()},
-        "prompts": list(obs["prompt"]),
-        "rewards": [float(r) for r in reward],
-        "mean_reward": float(np.mean(reward)),
-        "reward_info": {k: np.asarray(v).tolist() for k, v in info["reward_info"].items()},
+        "prompts": batch.prompts,
+        "rewards": rewards.tolist(),
+        "mean_reward": float(rewards.mean()),
+        "reward_info": {k: v.tolist() for k, v in batch.reward_info.items()},
         "seconds": seconds,
     }
     (config.output_dir / "rewards.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,9 @@
-"""Image grids for people to look at: a row of samples per prompt, the prompt written beside it."""
+"""Images as the package passes them ((N, H, W, 3) uint8 arrays): their checks, and grids for
+people to look at (a row of samples per prompt, the prompt written beside it)."""
 
 from __future__ import annotations
+
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -21,3 +24,22 @@ def prompt_grid(rows: list[tuple[str, np.ndarray]], tile: int = 64) -> Image.Ima
         for c, image in enumerate(images):
             grid.paste(Image.fromarray(image).resize((tile, tile), Image.NEAREST), (label_width + c * (tile + 2), y))
     return grid
+
+
+def check_images(images: np.ndarray) -> None:
+    """Raise ValueError unless `images` is a (N, H, W, 3) uint8 numpy array."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        described = f"{type(images).__name__} {getattr(images, 'dtype', '')} {getattr(images, 'shape', '')}"
+        raise ValueError(f"Rewards take images as a (N, H, W, 3) uint8 numpy array, got {described.strip()}.")
+
+
+def check_image_list(images: np.ndarray | Sequence[np.ndarray]) -> None:
+    """Raise ValueError unless `images` is a (N, H, W, 3) uint8 array or a list of (H, W, 3) uint8
+    arrays (which may differ in size)."""
+    if isinstance(images, np.ndarray):
+        check_images(images)
+        return
+    for i, image in enumerate(images):
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+            described = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+            raise ValueError(f"Image {i} must be a (H, W, 3) uint8 numpy array, got {described.strip()}.")

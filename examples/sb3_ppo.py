@@ -80,11 +80,11 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=None, help="JSON lines: reward against reward queries")
     args = parser.parse_args()
 
-    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, model="embedded", num_inference_steps=args.num_inference_steps, guidance_scale=args.guidance_scale)
+    envs = gym.make_vec(args.env_id, num_envs=args.num_envs, model="embedded", num_inference_steps=args.num_inference_steps)
     normalizer = PerPromptNormalizer(buffer_size=32, min_count=args.samples_per_prompt) if args.per_prompt_rewards else None
     vec_env = SB3VecEnv(envs, samples_per_prompt=args.samples_per_prompt, reward_normalizer=normalizer)
     vec_env.seed(args.seed)
-    diffusion = DiffusionPolicy.from_env(envs)
+    diffusion = DiffusionPolicy.from_env(envs, guidance_scale=args.guidance_scale)
     diffusion.enable_lora(rank=8, target_modules=EMBEDDED_LORA_TARGETS, seed=args.seed)
     kwargs = ddpo_like_ppo_kwargs(vec_env, episodes_per_rollout=args.episodes_per_rollout, minibatches=args.minibatches)
     model = PPO(

@@ -12,6 +12,7 @@ import torch
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from diffusion_gym.models import build_tiny_random, load_model
+from diffusion_gym.rollout import rollout
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
@@ -29,17 +30,18 @@ def make_vec(num_envs=2, env_id="DiffusionCompressibility-v0", **kwargs):
 
 
 def run_episode(envs, policy, seed=0, policy_seed=0):
-    """Roll one episode through a vector env; returns lists of obs, actions, log-probs, rewards and the last info."""
-    generator = torch.Generator().manual_seed(policy_seed)
-    obs, _ = envs.reset(seed=seed)
-    trace = {"obs": [obs], "actions": [], "log_probs": [], "rewards": []}
-    while True:
-        action, log_prob = policy.act(obs, generator=generator)
-        obs, reward, terminated, truncated, info = envs.step(action)
-        trace["obs"].append(obs)
-        trace["actions"].append(action)
-        trace["log_probs"].append(log_prob)
-        trace["rewards"].append(reward)
-        if terminated.all():
-            trace["info"] = info
-            return trace
+    """One episode through a vector env (`rollout`), watched step by step: lists of obs (the
+    first and every next one), actions, log-probs, rewards, and the last info."""
+    trace = {"obs": [], "actions": [], "log_probs": [], "rewards": []}
+
+    def record(step: dict) -> None:
+        if not trace["obs"]:
+            trace["obs"].append(step["obs"])
+        trace["obs"].append(step["next_obs"])
+        trace["actions"].append(step["action"])
+        trace["log_probs"].append(step["log_prob"])
+        trace["rewards"].append(step["reward"])
+        trace["info"] = step["info"]
+
+    rollout(envs, policy, seed=seed, generator=torch.Generator().manual_seed(policy_seed), keep_steps=False, on_step=record)
+    return trace

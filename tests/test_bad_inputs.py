@@ -239,8 +239,6 @@ def test_the_env_pickles_and_unpickles_mid_episode():
 @pytest.mark.parametrize(
     "kwargs, needles",
     [
-        ({"guidance_scale": "5"}, ["guidance_scale must be a number", "'5'", "str"]),
-        ({"eta": "1"}, ["eta", "'1'"]),
         ({"num_inference_steps": "3"}, ["num_inference_steps", "'3'"]),
         ({"prompts": ["   "]}, ["prompt", "visible character", "'   '"]),
     ],
@@ -250,6 +248,39 @@ def test_bad_env_settings_are_named(kwargs, needles):
         make_vec(num_envs=1, **kwargs)
     for needle in needles:
         assert needle in str(error.value), f"{needle!r} not in {error.value}"
+
+
+@pytest.mark.parametrize(
+    "kwargs, needles",
+    [
+        ({"guidance_scale": "5"}, ["guidance_scale must be a number", "'5'", "str"]),
+        ({"eta": "1"}, ["eta", "'1'"]),
+        ({"guidance_interval": (0, 5000)}, ["guidance_interval", "(0, 999) guides every step"]),
+    ],
+)
+def test_bad_policy_settings_are_named(kwargs, needles):
+    with pytest.raises(ValueError) as error:
+        DiffusionPolicy.from_env(make_vec(num_envs=1), **kwargs)
+    for needle in needles:
+        assert needle in str(error.value), f"{needle!r} not in {error.value}"
+
+
+@pytest.mark.parametrize(
+    "options, needle",
+    [
+        ({"samples_per_prompt": 3}, "must be an int dividing num_envs = 2"),
+        ({"samples_per_prompt": 2, "prompts": "a cat"}, "not both"),
+        ({"defer_reward": "yes"}, "must be True or False"),
+        ({"seeds": 1}, "Unknown reset options ['seeds']"),
+    ],
+)
+def test_bad_reset_options_are_named_and_leave_the_rng_alone(options, needle):
+    envs, again = make_vec(num_envs=2), make_vec(num_envs=2)
+    envs.reset(seed=0), again.reset(seed=0)
+    with pytest.raises(ValueError) as error:
+        envs.reset(options=options)
+    assert needle in str(error.value)
+    np.testing.assert_array_equal(envs.reset()[0]["x_t"], again.reset()[0]["x_t"])
 
 
 def test_a_prompt_set_of_none_lists_the_sets():

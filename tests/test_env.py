@@ -40,27 +40,59 @@ def test_check_env_passes_on_every_id(env_id):
     assert unexpected == []
 
 
-def test_ids_carry_the_papers_defaults():
+def test_ids_show_every_default_per_model():
+    paper = {
+        "DiffusionAesthetic-v0": ("aesthetic", "simple_animals"),
+        "DiffusionCompressibility-v0": ("jpeg_compressibility", "imagenet_animals"),
+        "DiffusionIncompressibility-v0": ("jpeg_incompressibility", "imagenet_animals"),
+        "DiffusionPromptAlignment-v0": ("prompt_alignment", "animal_activities"),
+    }
+    embedded = {
+        "DiffusionAesthetic-v0": ("embedded_aesthetic", "toy_world"),
+        "DiffusionCompressibility-v0": ("jpeg_compressibility", "toy_world"),
+        "DiffusionIncompressibility-v0": ("jpeg_incompressibility", "toy_world"),
+        "DiffusionPromptAlignment-v0": ("embedded_alignment_judge", "toy_world_paraphrases"),
+    }
     for env_id in ENV_IDS:
         kwargs = gym.spec(env_id).kwargs
-        assert kwargs["model"] == "CompVis/stable-diffusion-v1-4" and kwargs["eta"] == 1.0
-    assert gym.spec("DiffusionAesthetic-v0").kwargs["default_prompts"] == "simple_animals"
-    assert gym.spec("DiffusionCompressibility-v0").kwargs["default_prompts"] == "imagenet_animals"
-    assert gym.spec("DiffusionPromptAlignment-v0").kwargs["default_prompts"] == "animal_activities"
-    # a model without defaults of its own (Stable Diffusion, tiny-random) samples as the paper did
+        assert set(kwargs) == {"model", "defaults"} and kwargs["model"] == "CompVis/stable-diffusion-v1-4"
+        assert kwargs["defaults"]["*"] == {"reward": paper[env_id][0], "prompts": paper[env_id][1], "num_inference_steps": 50}
+        assert kwargs["defaults"]["embedded"] == {"reward": embedded[env_id][0], "prompts": embedded[env_id][1], "num_inference_steps": 20}
+    # a model without a row of its own (Stable Diffusion, tiny-random) is set up as the paper's was, and so acts
     env = gym.make("DiffusionIncompressibility-v0", model="tiny-random", device="cpu").unwrapped
-    assert (env.num_steps, env.guidance_scale, env.sampler.eta) == (50, 5.0, 1.0)
-    assert env.prompts == load_prompts("imagenet_animals")
+    assert env.num_steps == 50 and env.prompts == load_prompts("imagenet_animals")
+    policy = DiffusionPolicy.from_env(env)
+    assert (policy.guidance_scale, policy.guidance_interval, policy.sampler.eta) == (5.0, None, 1.0)
 
 
-def test_guidance_interval_comes_from_the_model_unless_given_and_reaches_the_policy(tiny_model):
-    assert make_vec().guidance_interval is None  # a model without one guides every step
-    tiny_model.defaults = {"guidance_interval": (500, 999)}
+def test_the_policy_takes_its_models_sampling_row_unless_told(tiny_model):
+    assert DiffusionPolicy.from_env(make_vec()).guidance_interval is None  # a model without a row guides every step
+    tiny_model.name = "embedded"  # looked up by name: the embedded model's row
     envs = make_vec(model=tiny_model)
-    assert envs.unwrapped.guidance_interval == DiffusionPolicy.from_env(envs).guidance_interval == (500, 999)
-    every_step = make_vec(model=tiny_model, guidance_interval=[0, 999])
-    assert DiffusionPolicy.from_env(every_step).guidance_interval == (0, 999)
-    assert gym.make("DiffusionCompressibility-v0", **{**TINY, "model": tiny_model}).unwrapped.guidance_interval == (500, 999)
+    assert envs.unwrapped.num_steps == 3  # given; the row would say 20
+    policy = DiffusionPolicy.from_env(envs)
+    assert (policy.guidance_scale, policy.guidance_interval) == (3.0, (600, 999))
+    assert DiffusionPolicy.from_env(envs, guidance_interval=[0, 999]).guidance_interval == (0, 999)
+    assert DiffusionPolicy.from_env(envs, guidance_interval=None).guidance_interval is None
+
+
+def test_reset_options_group_prompts_and_defer_the_reward():
+    envs = make_vec(num_envs=4, prompts=["a cat", "a dog", "a fox", "an owl"])
+    obs, _ = envs.reset(seed=0, options={"samples_per_prompt": 2})
+    assert obs["prompt"][0] == obs["prompt"][1] and obs["prompt"][2] == obs["prompt"][3]
+    again, _ = make_vec(num_envs=4, prompts=["a cat", "a dog", "a fox", "an owl"]).reset(seed=0, options={"samples_per_prompt": 2})
+    assert again["prompt"] == obs["prompt"]
+    np.testing.assert_array_equal(again["x_t"], obs["x_t"])
+    policy = DiffusionPolicy.from_env(envs)
+    envs.reset(seed=1, options={"defer_reward": True})
+    for _ in range(3):
+        obs, reward, terminated, _, info = envs.step(policy.act(obs)[0])
+    np.testing.assert_array_equal(reward, 0.0)
+    assert terminated.all()
+    rewards, _ = envs.unwrapped.score(info["images"], list(obs["prompt"]))
+    np.testing.assert_array_equal(rewards, -jpeg_size_kb(info["images"]))
+    trace = run_episode(envs, policy, seed=1)  # a reset without the option scores again
+    assert trace["rewards"][-1].min() < 0
 
 
 def test_make_vec_builds_one_batched_env_with_the_declared_autoreset_mode():
@@ -71,7 +103,7 @@ def test_make_vec_builds_one_batched_env_with_the_declared_autoreset_mode():
     assert obs in envs.observation_space
     assert obs["x_t"].shape == (3, 4, 8, 8) and obs["x_t"].dtype == np.float32
     assert len(obs["prompt"]) == 3 and all(isinstance(p, str) for p in obs["prompt"])
-    np.testing.assert_array_equal(obs["timestep"], envs.unwrapped.sampler.timesteps[0].item())
+    np.testing.assert_array_equal(obs["timestep"], envs.unwrapped.scheduler.timesteps[0].item())
 
 
 def test_same_seed_same_observations_actions_and_rewards():
@@ -139,7 +171,7 @@ def test_next_step_autoreset_starts_new_episodes():
     obs, reward, terminated, truncated, info = envs.step(np.full((2, 4, 8, 8), np.nan, dtype=np.float32))  # ignored
     np.testing.assert_array_equal(reward, 0.0)
     assert not terminated.any() and not truncated.any() and info == {}
-    np.testing.assert_array_equal(obs["timestep"], envs.unwrapped.sampler.timesteps[0].item())
+    np.testing.assert_array_equal(obs["timestep"], envs.unwrapped.scheduler.timesteps[0].item())
     assert not np.array_equal(obs["x_t"], trace["obs"][0]["x_t"])
 
 
@@ -181,14 +213,13 @@ def run_episode_single(env, seed):
     return {"reward": reward, "images": info["images"]}
 
 
-def test_render_shows_the_predicted_image_then_x0():
+def test_render_shows_the_state_decoded_then_x0():
     envs = make_vec(num_envs=2, render_mode="rgb_array")
     policy = DiffusionPolicy.from_env(envs)
     obs, _ = envs.reset(seed=0)
     frames = envs.render()
     assert len(frames) == 2 and frames[0].shape == (16, 16, 3) and frames[0].dtype == np.uint8
-    expected = envs.unwrapped.model.decode(policy(obs).pred_original_sample.detach())
-    np.testing.assert_array_equal(np.stack(frames), expected)
+    np.testing.assert_array_equal(np.stack(frames), envs.unwrapped.model.decode(torch.from_numpy(obs["x_t"])))
     trace = run_episode(envs, policy)
     np.testing.assert_array_equal(np.stack(envs.render()), trace["info"]["images"])
 
@@ -268,9 +299,6 @@ def test_a_model_that_cannot_be_found_says_how_to_pass_a_folder():
     "kwargs, match",
     [
         ({"num_envs": 0}, "num_envs"),
-        ({"eta": 0.0}, "eta must be > 0"),
-        ({"guidance_scale": float("nan")}, "guidance_scale"),
-        ({"guidance_interval": (900, 100)}, "guidance_interval"),
         ({"array_type": "jax"}, "array_type"),
         ({"render_mode": "human"}, "render_mode"),
         ({"prompts": "no-such-set"}, "known sets"),

@@ -6,7 +6,7 @@ ratings, as LAION's predictor is an MLP on CLIP's image embedding learned from p
   was trained to read attributes, not to rate images, as CLIP was not trained to rate either;
 - the ratings are noisy 1-10 scores of the hidden taste (`diffusion_gym.embedded.taste`) over
   ground-truth renders and the starting model's samples;
-- the head (`AestheticHead`) is trained on them by `python -m diffusion_gym.embedded.train_aesthetic`
+- the head (`AestheticHead`) is trained on them by `python -m embedded_tools.train_aesthetic`
   and shipped in `weights/aesthetic/`.
 
     predictor = load_predictor()
@@ -100,7 +100,7 @@ def load_predictor(folder: str | Path | None = None, captioner: str | Path | Non
     from diffusion_gym.embedded import EMBEDDED_DIR
 
     folder = Path(folder) if folder is not None else EMBEDDED_DIR / "aesthetic"
-    config, weights = read_module(folder, "aesthetic predictor", "train it with `python -m diffusion_gym.embedded.train_aesthetic`")
+    config, weights = read_module(folder, "aesthetic predictor", "train it with `python -m embedded_tools.train_aesthetic`")
     head = AestheticHead(config["embedding_dim"], config["hidden"], config["dropout"])
     head.load_state_dict(weights)
     return AestheticPredictor(head, load_captioner(captioner))

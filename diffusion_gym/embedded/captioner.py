@@ -9,7 +9,7 @@ VLM stand-in of the prompt-alignment reward on the embedded model.
     attributes = captioner.read(images)        # (N, 32, 32, 3) uint8 -> (N, 4) attribute indices
     captions = captioner.caption(images)       # ["a small red circle on a flat background", ...]
 
-Two are shipped: `weights/captioner/` (trained by `python -m diffusion_gym.embedded.train` with
+Two are shipped: `weights/captioner/` (trained by `python -m embedded_tools.train` with
 the embedded model) and `weights/captioner_gold/`, the alignment task's gold judge, trained
 apart with another seed and width so that a policy that fools the first does not fool it too:
 
@@ -123,7 +123,7 @@ def load_captioner(folder: str | Path | None = None) -> Captioner:
     from diffusion_gym.embedded import EMBEDDED_DIR
 
     folder = Path(folder) if folder is not None else EMBEDDED_DIR / "captioner"
-    config, weights = read_module(folder, "captioner weights", "train them with `python -m diffusion_gym.embedded.train` (see its --help)")
+    config, weights = read_module(folder, "captioner weights", "train them with `python -m embedded_tools.train` (see its --help)")
     if config.get("attributes") != {k: list(v) for k, v in world.ATTRIBUTES.items()}:
         raise ValueError(f"The captioner at {folder} was trained on another world's attributes; retrain it.")
     captioner = Captioner(width=config["width"])

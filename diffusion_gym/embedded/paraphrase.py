@@ -211,9 +211,11 @@ def build_prompt_sets(seed: int = 0) -> tuple[list[str], list[str]]:
       or one training synonym), half in a training shape with one held-out synonym: every
       held-out prompt has a sentence shape or a word that no training prompt has.
     """
-    from diffusion_gym.embedded.model import build_tokenizer
+    from transformers import CLIPTokenizer
 
-    tokenizer = build_tokenizer()
+    from diffusion_gym.embedded import EMBEDDED_DIR
+
+    tokenizer = CLIPTokenizer.from_pretrained(EMBEDDED_DIR / "tokenizer")  # the generator's own
     tokenizer.model_max_length = 10**6  # counting only: longer candidates are drawn again, not warned about
 
     def token_count(prompt: str) -> int:

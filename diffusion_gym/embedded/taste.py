@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from diffusion_gym.embedded import world
-from diffusion_gym.rewards.base import check_images
+from diffusion_gym.images import check_images
 
 OBJECT_PALETTE = np.array(list(world.OBJECT_RGB.values()), dtype=np.float32)  # (6, 3)
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601, as JPEG's Y

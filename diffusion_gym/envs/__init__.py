@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from diffusion_gym.envs.registration import ENV_IDS, PAPER_DEFAULTS, TASKS, Task, register_envs
+from diffusion_gym.envs.registration import ENV_IDS, PAPER_MODEL, TASKS, Task, register_envs
 
 _LAZY = {"DiffusionEnv", "DiffusionVectorEnv", "RewardError"}
 
@@ -20,4 +20,4 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module("diffusion_gym.envs.diffusion_env"), name)
 
 
-__all__ = ["DiffusionEnv", "DiffusionVectorEnv", "ENV_IDS", "PAPER_DEFAULTS", "RewardError", "TASKS", "Task", "register_envs"]
+__all__ = ["DiffusionEnv", "DiffusionVectorEnv", "ENV_IDS", "PAPER_MODEL", "RewardError", "TASKS", "Task", "register_envs"]

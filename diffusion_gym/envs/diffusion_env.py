@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import gymnasium as gym
 import numpy as np
@@ -13,13 +12,12 @@ from gymnasium.spaces import Box, Dict, Discrete
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
-from diffusion_gym.envs.registration import PAPER_DEFAULTS
+from diffusion_gym.envs.registration import PAPER_MODEL, TASKS
 from diffusion_gym.envs.spaces import PromptText, TensorBox, TensorDiscrete
 from diffusion_gym.models import DiffusionModel, load_model
-from diffusion_gym.policy import DiffusionPolicy, check_guidance_interval, check_guidance_scale
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
 from diffusion_gym.rewards import RewardFn, check_reward, make_reward
-from diffusion_gym.samplers import DDIMSampler
+from diffusion_gym.samplers import ddim_scheduler
 
 ARRAY_TYPES = ("numpy", "torch")
 
@@ -51,7 +49,9 @@ class DiffusionVectorEnv(VectorEnv):
     starts from pure noise x_T for a prompt c and takes one action per sampler step, x_{t-1}, until
     the final sample x_0, which is decoded into an image and scored by a reward r(x_0, c). The
     transition is deterministic (the next state *is* the action); the stochastic policy is the
-    model's own denoiser (`DiffusionPolicy.from_env(env)`). All `num_envs` episodes run in lock
+    model's own denoiser (`DiffusionPolicy.from_env(env)`, which owns how it acts: the sampler's
+    eta, the guidance). The env owns the MDP: the model's sample space and decoder, the
+    scheduler and its timesteps, the prompts and the reward. All `num_envs` episodes run in lock
     step, which is what makes batched denoising on one UNet call per step possible.
 
     ## Action Space
@@ -73,8 +73,14 @@ class DiffusionVectorEnv(VectorEnv):
     decoded images (uint8, (num_envs, H, W, 3)).
 
     ## Starting State
-    Prompts drawn uniformly from the task's prompt set with the env's seeded RNG (or fixed with
-    `reset(options={"prompts": ...})`); x_T ~ N(0, I) from the same RNG. Same seed, same episode.
+    Prompts drawn uniformly from the task's prompt set with the env's seeded RNG; x_T ~ N(0, I)
+    from the same RNG. Same seed, same episode. `reset(options=...)` takes:
+    - "prompts": a str or num_envs str, this reset's prompts;
+    - "samples_per_prompt": k, num_envs / k prompts drawn, each k times in a row (DDPO's
+      per-prompt reward statistics come from one batch);
+    - "defer_reward": True: these episodes end with reward 0 and the caller scores
+      `info["images"]` with `score(images, prompts)` itself (agents score in a worker thread while
+      the next batch samples).
 
     ## Episode End
     `terminated` is True for all sub-envs after `num_inference_steps` steps; `info["images"]`
@@ -88,27 +94,17 @@ class DiffusionVectorEnv(VectorEnv):
       `DiffusionModel`.
     - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
       `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory (and
-      `device`, the env's, if the factory takes one and it is not given). None: the task's
-      `default_reward`, or the model's offline stand-in for it (the embedded model scores
-      aesthetic quality with "embedded_aesthetic" and prompt alignment with
-      "embedded_alignment_judge": `diffusion_gym.rewards.embedded`).
-    - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list;
-      None: the model's stand-in for the task's set if it has one (the embedded model's
-      alignment task: "toy_world_paraphrases"), else the model's own prompt set if it has one
-      (the embedded model's toy world), else `default_prompts` (the task's set from the paper,
-      as registered).
-    - num_inference_steps: sampler steps, the episode length; None: the model's default if it
-      has one (embedded: 20), else the paper's 50.
-    - guidance_scale: the classifier-free guidance weight the policy uses; None: the model's
-      default if it has one (embedded: 3.0), else the paper's 5.0.
-    - guidance_interval: (low, high) model timesteps; the policy guides only the steps with
-      low <= t <= high and takes the conditional prediction alone (one UNet pass) elsewhere
-      (Kynkäänniemi et al. 2024). None: the model's default if it has one, else every step;
-      (0, num_train_timesteps - 1) guides every step whatever the model's default.
-    - eta: DDIM stochasticity, > 0 (the paper: 1.0).
+      `device`, the env's, if the factory takes one and it is not given).
+    - prompts: a registered prompt set name (`diffusion_gym.prompts.PROMPT_SETS`) or a list.
+    - num_inference_steps: sampler steps, the episode length.
+    - defaults: what reward, prompts and num_inference_steps are when not given, per model name
+      ("*": any other model). The registered ids fill it (`gym.spec(id).kwargs["defaults"]`:
+      the paper's reward, prompts and 50 steps; the embedded model's toy-world prompts, 20
+      steps and offline stand-ins for the rewards that need large models). None: the
+      DiffusionCompressibility-v0 row.
     - device, dtype: where and in which precision the networks run ("auto" picks CUDA if present).
     - array_type: "numpy" (default) or "torch" observations.
-    - render_mode: None or "rgb_array" (the current prediction of x_0, decoded).
+    - render_mode: None or "rgb_array" (the current state, decoded).
 
     ## Version History
     - v0: initial version.
@@ -120,15 +116,11 @@ class DiffusionVectorEnv(VectorEnv):
         self,
         num_envs: int = 1,
         *,
-        model: str | DiffusionModel = PAPER_DEFAULTS["model"],
+        model: str | DiffusionModel = PAPER_MODEL,
         reward: str | RewardFn | None = None,
-        default_reward: str = "jpeg_compressibility",
         prompts: str | Sequence[str] | None = None,
-        default_prompts: str = "imagenet_animals",
         num_inference_steps: int | None = None,
-        guidance_scale: float | None = None,
-        guidance_interval: tuple[int, int] | None = None,
-        eta: float = PAPER_DEFAULTS["eta"],
+        defaults: dict[str, dict[str, Any]] | None = None,
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "float32",
         array_type: str = "numpy",
@@ -146,24 +138,18 @@ class DiffusionVectorEnv(VectorEnv):
         self.num_envs = num_envs
         self.array_type = array_type
         self.render_mode = render_mode
-        given_prompts = load_prompts(prompts) if prompts is not None else None  # checked before the slow part
-        check_reward(reward if reward is not None else default_reward)  # before the slow part
+        # settings not given: the model's row of `defaults`, else its "*" row (all checked before the slow part)
+        defaults = TASKS[1].defaults() if defaults is None else defaults
+        model_name = model.name if isinstance(model, DiffusionModel) else str(model)
+        row = defaults.get(model_name, defaults["*"])
+        reward = row["reward"] if reward is None else reward
+        self.prompts = load_prompts(row["prompts"] if prompts is None else prompts)
+        num_inference_steps = row["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        check_reward(reward)
         self.model = load_model(model, device=device, dtype=dtype)
-
-        # settings not given: the model's own if it has them, else the paper's
-        defaults = {**PAPER_DEFAULTS, "prompts": default_prompts, **self.model.defaults}
-        if reward is None:
-            reward = defaults.get("reward_stand_ins", {}).get(default_reward, default_reward)
         self.reward_fn = make_reward(reward, device=self.model.device, **(reward_kwargs or {}))
-        self.prompts = given_prompts or load_prompts(defaults.get("prompt_stand_ins", {}).get(default_prompts, defaults["prompts"]))
-        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        self.guidance_scale = check_guidance_scale(defaults["guidance_scale"] if guidance_scale is None else guidance_scale)
-        self.sampler = DDIMSampler(self.model.scheduler, num_inference_steps, eta)
-        self.guidance_interval = check_guidance_interval(
-            defaults.get("guidance_interval") if guidance_interval is None else guidance_interval, self.sampler.num_train_timesteps
-        )
+        self.scheduler = ddim_scheduler(self.model.scheduler, num_inference_steps)
         self.device = self.model.device
-        self._render_policy: DiffusionPolicy | None = None
         self._defer_rewards = False
 
         sample_shape = self.model.sample_shape
@@ -172,7 +158,7 @@ class DiffusionVectorEnv(VectorEnv):
         self.single_observation_space = Dict(
             {
                 "prompt": PromptText(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET),
-                "timestep": (TensorDiscrete if tensors else Discrete)(self.sampler.num_train_timesteps),
+                "timestep": (TensorDiscrete if tensors else Discrete)(self.scheduler.config.num_train_timesteps),
                 "x_t": (TensorBox if tensors else Box)(-np.inf, np.inf, shape=sample_shape, dtype=np.float32),
             }
         )
@@ -180,23 +166,25 @@ class DiffusionVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
-        self._timesteps: list[int] = self.sampler.timesteps.tolist()
+        self._timesteps: list[int] = self.scheduler.timesteps.tolist()
         self._step_index: int | None = None  # None until the first reset
         self._x: torch.Tensor | None = None  # (num_envs, C, H, W) float32 on self.device
         self._episode_prompts: list[str] = []
 
     @property
     def num_steps(self) -> int:
-        """Steps per episode (the sampler's `num_inference_steps`)."""
+        """Steps per episode (`num_inference_steps`)."""
         return len(self._timesteps)
 
     # ---------------------------------------------------------------- Gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
-        """Start new episodes; `options={"prompts": str | list[str]}` fixes this reset's prompts."""
+        """Start new episodes; `options` (see the class docstring): "prompts", "samples_per_prompt", "defer_reward"."""
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None, got {seed!r} (one seed seeds all sub-envs).")
+        prompts, defer_reward = self._read_options(options)  # checked before the RNG moves
         super().reset(seed=None if seed is None else int(seed))
-        self._start_episodes(self._prompts_from_options(options))
+        self._defer_rewards = defer_reward
+        self._start_episodes(prompts() if callable(prompts) else prompts)
         return self._observation(), {}
 
     def step(self, actions: np.ndarray | torch.Tensor) -> tuple[dict, Any, Any, Any, dict]:
@@ -209,29 +197,13 @@ class DiffusionVectorEnv(VectorEnv):
         return self._advance(self._check_action(actions, (self.num_envs, *self.model.sample_shape)))
 
     def render(self) -> tuple[np.ndarray, ...] | None:
-        """The current prediction of x_0 for each sub-env, decoded: a tuple of (H, W, 3) uint8
-        images (at the end of an episode, x_0 itself). Costs one guided UNet call mid-episode."""
+        """The current state x_t of each sub-env, decoded: a tuple of (H, W, 3) uint8 images (at
+        the end of an episode, x_0: the images the reward scored)."""
         if self.render_mode is None:
             logger.warn("render() was called with render_mode=None; make the env with render_mode='rgb_array'.")
             return None
         self._check_started()
-        if self._episode_over:
-            x0 = self._x
-        else:
-            if self._render_policy is None:
-                self._render_policy = DiffusionPolicy.from_env(self)
-            with torch.no_grad():
-                x0 = self._render_policy(self._observation()).pred_original_sample
-        return tuple(self.model.decode(x0))
-
-    def grouped_prompts(self, samples_per_prompt: int) -> list[str]:
-        """num_envs prompts for `reset(options={"prompts": ...})`: num_envs / k prompts drawn with
-        the env's RNG, each k times in a row, so that a batch holds k samples of each prompt (the
-        per-prompt reward statistics of DDPO come from one batch)."""
-        if samples_per_prompt < 1 or self.num_envs % samples_per_prompt:
-            raise ValueError(f"samples_per_prompt must divide num_envs = {self.num_envs}, got {samples_per_prompt}.")
-        chosen = self.np_random.choice(len(self.prompts), size=self.num_envs // samples_per_prompt)
-        return [self.prompts[i] for i in chosen for _ in range(samples_per_prompt)]
+        return tuple(self.model.decode(self._x))
 
     # ---------------------------------------------------------------- internals
     @property
@@ -242,11 +214,34 @@ class DiffusionVectorEnv(VectorEnv):
         if self._step_index is None:
             raise ValueError("step() or render() was called before reset(); call env.reset(seed=...) first.")
 
-    def _prompts_from_options(self, options: dict[str, Any] | None) -> list[str] | None:
+    def _read_options(self, options: dict[str, Any] | None) -> tuple[Any, bool]:
+        """(this reset's prompts: a list, a function drawing them with the reseeded RNG, or None; defer_reward)."""
         options = options or {}
-        unknown = set(options) - {"prompts"}
+        known = ("prompts", "samples_per_prompt", "defer_reward")
+        unknown = set(options) - set(known)
         if unknown:
-            raise ValueError(f"Unknown reset options {sorted(unknown)}; the only option is 'prompts' (a str or a list of num_envs str).")
+            raise ValueError(
+                f"Unknown reset options {sorted(unknown)}; the options are 'prompts' (a str or a list of num_envs str), "
+                "'samples_per_prompt' (an int dividing num_envs) and 'defer_reward' (a bool)."
+            )
+        defer_reward = options.get("defer_reward", False)
+        if not isinstance(defer_reward, (bool, np.bool_)):
+            raise ValueError(f"options['defer_reward'] must be True or False, got {defer_reward!r}.")
+        if "prompts" in options and "samples_per_prompt" in options:
+            raise ValueError("Give options['prompts'] or options['samples_per_prompt'], not both: fixed prompts are not drawn.")
+        if "samples_per_prompt" in options:
+            k = options["samples_per_prompt"]
+            if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or self.num_envs % k:
+                raise ValueError(f"options['samples_per_prompt'] must be an int dividing num_envs = {self.num_envs}, got {k!r}.")
+            return (lambda: self._grouped_prompts(int(k))), bool(defer_reward)
+        return self._prompts_from_options(options), bool(defer_reward)
+
+    def _grouped_prompts(self, samples_per_prompt: int) -> list[str]:
+        """num_envs / k prompts drawn with the env's RNG, each k times in a row."""
+        chosen = self.np_random.choice(len(self.prompts), size=self.num_envs // samples_per_prompt)
+        return [self.prompts[i] for i in chosen for _ in range(samples_per_prompt)]
+
+    def _prompts_from_options(self, options: dict[str, Any]) -> list[str] | None:
         if "prompts" not in options:
             return None
         prompts = options["prompts"]
@@ -267,7 +262,7 @@ class DiffusionVectorEnv(VectorEnv):
             prompts = [self.prompts[i] for i in indices]
         noise = self.np_random.standard_normal((self.num_envs, *self.model.sample_shape), dtype=np.float32)
         self._episode_prompts = prompts
-        self._x = torch.from_numpy(noise).to(self.device) * self.sampler.scheduler.init_noise_sigma
+        self._x = torch.from_numpy(noise).to(self.device) * self.scheduler.init_noise_sigma
         self._step_index = 0
 
     def _check_action(self, action: Any, expected_shape: tuple[int, ...]) -> torch.Tensor:
@@ -341,17 +336,6 @@ class DiffusionVectorEnv(VectorEnv):
                 f"The reward {name} must return {len(images)} finite rewards, got {result[0]!r}; a reward must be {signature}.", images, prompts
             )
         return rewards, dict(result[1])
-
-    @contextmanager
-    def deferred_rewards(self) -> Iterator[None]:
-        """Inside this context, episodes end with reward 0 and the caller scores `info["images"]`
-        itself with `score(images, prompts)`: agents use it to compute rewards in a worker thread
-        while the next batch is sampled. Outside it, rewards are the terminal step's as usual."""
-        self._defer_rewards = True
-        try:
-            yield
-        finally:
-            self._defer_rewards = False
 
     def __getstate__(self) -> dict:
         """Pickled as its arguments and its episode's state; unpickling makes the env again (a
@@ -438,7 +422,7 @@ class DiffusionEnv(gym.Env):
         self.vector_env.close()
 
     def __getattr__(self, name: str) -> Any:
-        # model, sampler, guidance_scale, prompts, reward_fn, num_steps, ...: the vector env's
+        # model, scheduler, prompts, reward_fn, num_steps, score, ...: the vector env's
         if name.startswith("_") or name == "vector_env":
             raise AttributeError(name)
         return getattr(self.vector_env, name)

@@ -22,29 +22,15 @@ from diffusion_gym.models.hub import load_offline_first, quiet_libraries
 from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
 from diffusion_gym.models.tiny import build_tiny_random
 
-# The embedded model's settings: its own prompt world, 20 steps, guidance 3 only at t >= 600 (the
-# first 8 steps: one UNet pass at the other 12), and offline stand-ins for the tasks whose rewards
-# need large models: the aesthetic predictor and the alignment judge of the toy world, and the
-# alignment task's prompts, the toy world in words the generator was not trained on.
-EMBEDDED_DEFAULTS = {
-    "prompts": "toy_world",
-    "num_inference_steps": 20,
-    "guidance_scale": 3.0,
-    "guidance_interval": (600, 999),
-    "reward_stand_ins": {"aesthetic": "embedded_aesthetic", "prompt_alignment": "embedded_alignment_judge"},
-    "prompt_stand_ins": {"animal_activities": "toy_world_paraphrases"},
-}
-
-
 def load_embedded() -> DiffusionModel:
     """The embedded default, from the pipeline folder shipped inside the package."""
     if not (EMBEDDED_DIR / "model_index.json").is_file():
         raise ValueError(
             f"The embedded model's weights are missing from {EMBEDDED_DIR}; reinstall diffusion-gym, "
-            "or train them with `python -m diffusion_gym.embedded.train`."
+            "or train them with `python -m embedded_tools.train`."
         )
     model = _load_pipeline_parts(str(EMBEDDED_DIR), local_files_only=True)
-    model.name, model.defaults = "embedded", dict(EMBEDDED_DEFAULTS)
+    model.name = "embedded"  # the env's and the policy's defaults for it are looked up by this name
     return model
 
 

@@ -30,13 +30,8 @@ class DiffusionModel:
         scheduler: the diffusers scheduler the model was trained with (its config gives the noise
             schedule; samplers wrap it).
         vae: the latent decoder (`AutoencoderKL`), or None for a pixel-space model.
-        name: where the model came from (hub id, folder, "tiny-random").
-        defaults: sampling settings this model is meant to be used with, which environments
-            take when not told otherwise: "prompts" (a prompt set name), "num_inference_steps",
-            "guidance_scale", "reward_stand_ins" ({task reward: the reward to use instead}, for
-            rewards whose models do not fit this one's world) and "prompt_stand_ins" ({task
-            prompt set: the set to use instead of "prompts"}). Empty for Stable Diffusion (the
-            paper's settings apply).
+        name: where the model came from (hub id, folder, "tiny-random", "embedded"); the
+            registered ids' `defaults` and the policy's `SAMPLING` are looked up by it.
     """
 
     unet: torch.nn.Module
@@ -45,7 +40,6 @@ class DiffusionModel:
     scheduler: object
     vae: torch.nn.Module | None = None
     name: str = ""
-    defaults: dict = field(default_factory=dict)
     prepared: bool = field(default=False, repr=False)
     """Set by `load_model` once it has frozen the networks (then it leaves them alone)."""
 

@@ -4,6 +4,6 @@ The log-density itself lives once, in `base.gaussian_log_prob`.
 """
 
 from diffusion_gym.samplers.base import SamplerStep, gaussian_kl, gaussian_log_prob
-from diffusion_gym.samplers.ddim import DDIMSampler
+from diffusion_gym.samplers.ddim import DDIMSampler, ddim_scheduler
 
-__all__ = ["DDIMSampler", "SamplerStep", "gaussian_kl", "gaussian_log_prob"]
+__all__ = ["DDIMSampler", "ddim_scheduler", "SamplerStep", "gaussian_kl", "gaussian_log_prob"]

@@ -16,12 +16,31 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusion_gym.samplers.base import Reduce, SamplerStep, gaussian_log_prob
 
 
+def ddim_scheduler(scheduler: SchedulerMixin, num_inference_steps: int) -> DDIMScheduler:
+    """A `DDIMScheduler` with an episode's timesteps set: `scheduler` itself if it is one with
+    these timesteps already (a policy shares its env's), else a new one made from its config (a
+    model's own scheduler is never changed; Stable Diffusion ships a PNDM config, as ddpo-pytorch
+    also does this). A ValueError for a step count or a config DDIM cannot take."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
+    num_inference_steps = int(num_inference_steps)
+    if isinstance(scheduler, DDIMScheduler) and scheduler.num_inference_steps == num_inference_steps:
+        return scheduler
+    scheduler = DDIMScheduler.from_config(scheduler.config)
+    if scheduler.config.thresholding:
+        raise ValueError("DDIMSampler does not support dynamic thresholding; use a scheduler config with thresholding=False.")
+    if num_inference_steps > scheduler.config.num_train_timesteps:
+        raise ValueError(f"num_inference_steps={num_inference_steps} exceeds the model's {scheduler.config.num_train_timesteps} training timesteps.")
+    scheduler.set_timesteps(num_inference_steps)
+    return scheduler
+
+
 class DDIMSampler:
     """The stochastic DDIM step as a Gaussian policy over x_{t-1}.
 
     Args:
-        scheduler: any diffusers scheduler; its config is turned into a `DDIMScheduler`
-            (Stable Diffusion ships a PNDM config, as ddpo-pytorch also does this).
+        scheduler: any diffusers scheduler (`ddim_scheduler` turns it into a `DDIMScheduler`
+            with these timesteps; an env's is shared, so the policy steps on the env's timesteps).
         num_inference_steps: sampler steps per episode (the paper: 50).
         eta: the DDIM stochasticity, in (0, 1] (the paper: 1.0). At 0 the step is deterministic
             and has no log-density; above 1 the DDIM mean is undefined.
@@ -35,20 +54,9 @@ class DDIMSampler:
                 f"eta must be > 0 for a stochastic policy with a log-prob, and <= 1 for DDIM, got {eta}; "
                 "eta=1.0 is the paper's setting (eta=0 is deterministic DDIM)."
             )
-        if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
-        num_inference_steps = int(num_inference_steps)
-        self.scheduler = scheduler if isinstance(scheduler, DDIMScheduler) else DDIMScheduler.from_config(scheduler.config)
-        if self.scheduler.config.thresholding:
-            raise ValueError("DDIMSampler does not support dynamic thresholding; use a scheduler config with thresholding=False.")
+        self.scheduler = ddim_scheduler(scheduler, num_inference_steps)
         self.eta = float(eta)
-        self.num_inference_steps = num_inference_steps
-        self.scheduler.set_timesteps(num_inference_steps)
-        if num_inference_steps > self.scheduler.config.num_train_timesteps:
-            raise ValueError(
-                f"num_inference_steps={num_inference_steps} exceeds the model's "
-                f"{self.scheduler.config.num_train_timesteps} training timesteps."
-            )
+        self.num_inference_steps = int(num_inference_steps)
         # (alphas_cumprod, final_alpha_cumprod) as float32, per device: moved once, not every step
         self._schedule: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
         last_std = self.std(self.timesteps[-1:])

@@ -10,7 +10,7 @@ is the `DiffusionPolicy`'s denoising step.
 
 - Actions are x_{t-1} flattened to (C·H·W,), as SB3's Gaussian distributions expect; the mean
   and the fixed per-step std σ_t come from the DDIM step, so SB3's log-prob (a sum over the
-  dimensions) is `DiffusionPolicy.log_prob` with reduce="sum".
+  dimensions) is `DiffusionPolicy.log_prob` (the exact sum).
 - The value head is zero (advantages are the returns), one learned number per timestep, or one
   per prompt (a learned stand-in for the baseline DDPO gets from its normaliser).
 - DDPO's own advantages: `SB3VecEnv(envs, samples_per_prompt=8, reward_normalizer=
@@ -50,7 +50,7 @@ class SB3VecEnv(VecEnv):
     Args:
         envs: the diffusion vector env.
         samples_per_prompt: 1: every episode draws its own prompt; k > 1: every batch of episodes
-            holds num_envs / k prompts k times each (`DiffusionVectorEnv.grouped_prompts`), as
+            holds num_envs / k prompts k times each (the env's reset option "samples_per_prompt"), as
             DDPO samples.
         reward_normalizer: if given, `(prompts, rewards) -> rewards` applied to each batch's
             terminal rewards, e.g. `agents.normalizer.PerPromptNormalizer`: PPO then sees DDPO's
@@ -80,10 +80,7 @@ class SB3VecEnv(VecEnv):
     def _start(self, seed: int | None = None, options: dict | None = None) -> dict:
         """Reset the batch (the prompts grouped when asked and not given) and remember its prompts."""
         if options is None and self.samples_per_prompt > 1:
-            if seed is not None:  # seed first, so that the grouped prompts come from the seeded RNG
-                self.envs.reset(seed=seed)
-                seed = None
-            options = {"prompts": self.envs.unwrapped.grouped_prompts(self.samples_per_prompt)}
+            options = {"samples_per_prompt": self.samples_per_prompt}
         obs, _ = self.envs.reset(seed=seed, options=options)
         self._episode_prompts = [self.prompts[i] for i in np.asarray(obs["prompt_index"]).reshape(-1)]
         return obs

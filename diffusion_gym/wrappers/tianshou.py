@@ -9,7 +9,7 @@
 
 - Actions are x_{t-1} flattened to (C·H·W,); the actor returns the DDIM step's mean and its
   fixed std σ_t, the distribution is `Independent(Normal(mean, σ_t), 1)`, so tianshou's log-prob
-  is `DiffusionPolicy.log_prob` with reduce="sum".
+  is `DiffusionPolicy.log_prob` (the exact sum).
 - All episodes of the batch start and end together, so collect whole batches of episodes
   (`n_step` a multiple of num_envs × T); a partial step of some envs only is refused.
 - Memory: tianshou's replay buffer keeps obs, obs_next and the action of every step, 3 × C·H·W

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from agents.buffer import collect
+from diffusion_gym.rollout import rollout
 from agents.ddpo import DDPO, DDPOConfig
 
 
@@ -32,7 +32,7 @@ def _worker(rank: int, port: int, results) -> None:
     policy.enable_lora(rank=2)
     envs.reset(seed=1000 * rank)  # as diffusion-gym-train seeds process r
     agent = DDPO(policy, DDPOConfig(estimator="sf", learning_rate=1e-2, train_batch_size=4, per_prompt_min_count=2), torch.Generator().manual_seed(rank))
-    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(1000 * rank))
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(1000 * rank))
     before = torch.cat([p.detach().flatten() for p in policy.trainable_parameters()])
     agent.update(batch)
     after = torch.cat([p.detach().flatten() for p in policy.trainable_parameters()])

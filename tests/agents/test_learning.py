@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from agents.buffer import collect
 from agents.ddpo import DDPO, DDPOConfig
 from agents.rwr import RWR, RWRConfig
 from diffusion_gym import DiffusionPolicy
+from diffusion_gym.rollout import rollout
 
 
 def brightness(images, prompts):
@@ -22,16 +22,16 @@ def brightness(images, prompts):
 def make(num_envs=16):
     envs = gym.make_vec(
         "DiffusionCompressibility-v0", num_envs=num_envs, model="tiny-random-pixel", num_inference_steps=3,
-        guidance_scale=1.0, reward=brightness, prompts=["a cat", "a dog"], device="cpu", array_type="torch",
+        reward=brightness, prompts=["a cat", "a dog"], device="cpu", array_type="torch",
     )  # fmt: skip
-    policy = DiffusionPolicy.from_env(envs)
+    policy = DiffusionPolicy.from_env(envs, guidance_scale=1.0)
     policy.enable_full_finetuning()
     return envs, policy
 
 
 def evaluate(envs, policy, seed=1234):
     envs.reset(seed=seed)  # the same prompts and noise every time
-    return collect(envs, policy, num_batches=4, generator=torch.Generator().manual_seed(seed)).rewards.numpy()
+    return rollout(envs, policy, num_batches=4, generator=torch.Generator().manual_seed(seed)).rewards.numpy()
 
 
 def assert_learns(envs, policy, agent, epochs):
@@ -39,7 +39,7 @@ def assert_learns(envs, policy, agent, epochs):
     envs.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        agent.update(collect(envs, policy, num_batches=1, generator=generator))
+        agent.update(rollout(envs, policy, num_batches=1, generator=generator))
     after = evaluate(envs, policy)
     gain = after - before
     noise = 3 * gain.std(ddof=1) / np.sqrt(len(gain))
@@ -65,7 +65,7 @@ def mean_kl_to_start(envs, policy) -> float:
     from diffusion_gym.samplers import gaussian_kl
 
     envs.reset(seed=99)
-    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(99))
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(99))
     index = torch.arange(len(batch))
     kls = []
     with torch.no_grad():
@@ -89,7 +89,7 @@ def test_the_kl_penalty_keeps_the_policy_closer_to_the_starting_model():
         envs.reset(seed=0)
         generator = torch.Generator().manual_seed(0)
         for _ in range(3):
-            metrics = agent.update(collect(envs, policy, num_batches=1, generator=generator))
+            metrics = agent.update(rollout(envs, policy, num_batches=1, generator=generator))
         assert ("kl" in metrics) == (kl_coef > 0)  # the penalty's own KL is logged when it is on
         distances[kl_coef] = mean_kl_to_start(envs, policy)
     print(f"mean per-step KL to the starting model after 3 updates: {distances}")
@@ -99,20 +99,20 @@ def test_the_kl_penalty_keeps_the_policy_closer_to_the_starting_model():
 def test_grouped_prompts_repeat_each_prompt_within_a_batch():
     envs, policy = make(num_envs=8)
     envs.reset(seed=0)
-    batch = collect(envs, policy, num_batches=2, generator=torch.Generator().manual_seed(0), samples_per_prompt=4)
+    batch = rollout(envs, policy, num_batches=2, generator=torch.Generator().manual_seed(0), samples_per_prompt=4)
     for start in (0, 8):
         prompts = batch.prompts[start : start + 8]
         assert prompts[:4] == [prompts[0]] * 4 and prompts[4:] == [prompts[4]] * 4
     assert not torch.equal(batch.samples[0, -1], batch.samples[1, -1])  # same prompt, different noise
     with pytest.raises(ValueError, match="must divide num_envs"):
-        collect(envs, policy, num_batches=1, samples_per_prompt=3)
+        rollout(envs, policy, num_batches=1, samples_per_prompt=3)
 
 
 def test_steps_below_min_step_std_ratio_are_not_trained_on():
     """With the last step (the smallest σ_t) excluded, corrupting its recorded log-probs changes nothing."""
     envs, policy = make(num_envs=8)
     envs.reset(seed=0)
-    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
     std = policy.sampler.std(batch.timesteps[0])
     assert std[-1] < std[:-1].min()  # DDIM: σ_t shrinks to the last step
     corrupted = dataclasses.replace(batch, log_probs=batch.log_probs.clone())

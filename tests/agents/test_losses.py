@@ -4,9 +4,48 @@ import numpy as np
 import pytest
 import torch
 
-from agents.ddpo import DDPOConfig, ddpo_loss
+from agents.ddpo import DDPO, DDPOConfig, ddpo_loss
 from agents.normalizer import PerPromptNormalizer, within_prompt_std
-from agents.rwr import RWRConfig, rwr_weights
+from agents.rwr import RWRConfig, denoising_loss, rwr_weights
+from diffusion_gym import DiffusionPolicy
+from diffusion_gym.rollout import rollout
+from tests.conftest import make_vec
+
+
+def test_denoising_loss_matches_a_hand_computation_for_epsilon_and_v_prediction(tiny_model):
+    for prediction_type in ("epsilon", "v_prediction"):
+        tiny_model.scheduler.register_to_config(prediction_type=prediction_type)
+        policy = DiffusionPolicy(tiny_model, tiny_model.scheduler, 4)
+        x0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(8))
+        timesteps = torch.tensor([10, 700])
+        loss = denoising_loss(policy, x0, ["a cat", "a dog"], timesteps=timesteps, generator=torch.Generator().manual_seed(9))
+        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))  # the same noise, by hand
+        betas = torch.linspace(0.00085**0.5, 0.012**0.5, 1000, dtype=torch.float64) ** 2  # tiny-random: SD's scaled_linear
+        alpha = torch.cumprod(1 - betas, 0)[timesteps].view(-1, 1, 1, 1)
+        x_t = (alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise).float()
+        target = noise if prediction_type == "epsilon" else (alpha.sqrt() * noise - (1 - alpha).sqrt() * x0).float()
+        prediction = policy.unet(x_t, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])).sample
+        torch.testing.assert_close(loss, ((prediction - target) ** 2).mean(dim=(1, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_mean_log_probs_divide_the_log_ratio_by_the_dimensions():
+    """The policy's log-probs are sums; DDPOConfig.log_prob_reduce="mean" divides both sides of the
+    ratio by the D dimensions. Old log-probs shifted by 0.01 D give a log-ratio of −0.01 under
+    "mean" (inside a clip range of 0.2) and −0.01 D = −2.56 under "sum" (far outside)."""
+    envs = make_vec(num_envs=4, array_type="torch")
+    policy = DiffusionPolicy.from_env(envs)
+    policy.enable_lora(rank=2, seed=0)
+    batch = rollout(envs, policy, seed=0, generator=torch.Generator().manual_seed(0))
+    dims = batch.samples[0, 0].numel()
+    assert dims == 256
+    batch.log_probs += 0.01 * dims
+    metrics = {}
+    for reduce in ("mean", "sum"):
+        config = DDPOConfig(estimator="is", log_prob_reduce=reduce, train_batch_size=4, clip_range=0.2, learning_rate=1e-12)
+        metrics[reduce] = DDPO(policy, config).update(batch)
+    assert metrics["mean"]["clipfrac"] == 0.0 and metrics["sum"]["clipfrac"] == 1.0
+    assert metrics["mean"]["approx_kl"] == pytest.approx(0.5 * 0.01**2, rel=1e-2)
+    assert metrics["sum"]["approx_kl"] == pytest.approx(0.5 * 2.56**2, rel=1e-2)
 
 
 def test_is_loss_equals_sf_loss_and_gradient_at_ratio_one():
@@ -86,23 +125,10 @@ def test_a_buffer_of_one_batch_normalises_each_prompt_within_its_batch():
     np.testing.assert_allclose(per_batch(["p"] * 2, later), [-1.0, 1.0])  # (r − 2.5) / 0.5
 
 
-def test_the_std_floor_keeps_near_identical_rewards_from_unit_advantages():
-    rewards = np.array([1.00, 1.01, 0.99, 1.00])  # std 0.00707: the paper's normaliser gives ±1.41
-    plain = PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0)(["p"] * 4, rewards)
-    np.testing.assert_allclose(plain, (rewards - 1.0) / np.std(rewards))
-    floored = PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0, std_floor=0.1)(["p"] * 4, rewards)
-    np.testing.assert_allclose(floored, (rewards - 1.0) / 0.1)  # [0, 0.1, -0.1, 0]
-    spread = np.array([0.0, 1.0, 2.0, 3.0])  # std 1.118 > floor: unchanged
-    np.testing.assert_allclose(
-        PerPromptNormalizer(buffer_size=4, min_count=4, eps=0.0, std_floor=0.1)(["q"] * 4, spread), (spread - 1.5) / np.std(spread)
-    )
-    # the diagnostic logged beside it: per-prompt stds 0.00707 and 1.118, averaged
+def test_within_prompt_std_averages_each_prompts_spread():
+    rewards, spread = np.array([1.00, 1.01, 0.99, 1.00]), np.array([0.0, 1.0, 2.0, 3.0])  # stds 0.00707 and 1.118
     both = within_prompt_std(["p"] * 4 + ["q"] * 4, np.concatenate([rewards, spread]))
     np.testing.assert_allclose(both, (np.std(rewards) + np.std(spread)) / 2)
-    with pytest.raises(ValueError, match="std_floor"):
-        PerPromptNormalizer(std_floor=-1.0)
-    with pytest.raises(ValueError, match="per_prompt_std_floor"):
-        DDPOConfig(per_prompt_std_floor=-0.1).check()
 
 
 def test_bad_configs_fail_their_check_with_a_reason():

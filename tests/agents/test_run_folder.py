@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_config(output_dir, **changes) -> TrainConfig:
     config = TrainConfig(
         algorithm="ddpo-is", model="tiny-random-pixel", num_inference_steps=2, num_envs=4, batches_per_epoch=1,
-        ddpo=DDPOConfig(train_batch_size=4, clip_range=0.2), log_prob_reduce="sum", reward="jpeg_incompressibility",
+        ddpo=DDPOConfig(train_batch_size=4, clip_range=0.2, log_prob_reduce="sum"), reward="jpeg_incompressibility",
         prompts="toy_world", epochs=2, tensorboard=False, progress=False, output_dir=Path(output_dir),
     )  # fmt: skip
     return dataclasses.replace(config, **changes)

@@ -17,7 +17,7 @@ from agents.train import TrainConfig
 ROOT = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TINY = ["--model", "tiny-random-pixel", "--num-inference-steps", "2", "--num-envs", "4", "--batches-per-epoch", "1",
-        "--ddpo.train-batch-size", "4", "--ddpo.clip-range", "0.2", "--log-prob-reduce", "sum", "--no-tensorboard", "--no-progress",
+        "--ddpo.train-batch-size", "4", "--ddpo.clip-range", "0.2", "--ddpo.log-prob-reduce", "sum", "--no-tensorboard", "--no-progress",
         "--reward", "jpeg_incompressibility", "--prompts", "toy_world", "--samples-per-prompt", "1"]  # fmt: skip
 
 

@@ -14,7 +14,6 @@ from diffusion_gym import DiffusionPolicy
 from diffusion_gym.models import load_model
 from diffusion_gym.prompts import load_prompts
 from diffusion_gym.rewards import make_reward
-from diffusion_gym.samplers import DDIMSampler
 
 TINY_TRAIN = {"num_envs": 4, "batches_per_epoch": 1, "samples_per_prompt": 2, "num_inference_steps": 3, "ddpo": {"per_prompt_min_count": 2, "train_batch_size": 4}}
 
@@ -83,7 +82,7 @@ def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps()
     # and each prompt's advantages come from its own batch: the buffer holds exactly the samples a batch draws of it
     assert cell.ddpo.per_prompt_buffer == cell.ddpo.per_prompt_min_count == cell.samples_per_prompt == 8
     model = load_model("embedded", device="cpu")
-    policy = DiffusionPolicy(model, DDIMSampler(model.scheduler, cell.num_inference_steps))
+    policy = DiffusionPolicy(model, model.scheduler, cell.num_inference_steps)
     relative = policy.sampler.relative_std(policy.sampler.timesteps)
     assert relative[-3:].tolist() == pytest.approx([0.124, 0.076, 0.006], abs=1e-3)
     policy.enable_lora(cell.lora_rank, target_modules=cell.lora_targets)

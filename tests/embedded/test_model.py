@@ -13,7 +13,7 @@ import pytest
 from diffusion_gym import DiffusionPolicy
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.captioner import load_captioner
-from diffusion_gym.embedded.model import WORLD_WORDS, build_tokenizer
+from embedded_tools.model import WORLD_WORDS, build_tokenizer
 from diffusion_gym.models import load_model
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def trained_folder(tmp_path_factory):
     """Run the real training script for a few steps, as a user would."""
     folder = tmp_path_factory.mktemp("embedded")
     result = subprocess.run(
-        [sys.executable, "-m", "diffusion_gym.embedded.train", "--output-dir", str(folder), "--steps", "4",
+        [sys.executable, "-m", "embedded_tools.train", "--output-dir", str(folder), "--steps", "4",
          "--batch-size", "8", "--log-every", "1", "--save-every", "2", "--captioner.steps", "3"],
         cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,
     )  # fmt: skip

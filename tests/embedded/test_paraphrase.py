@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from diffusion_gym.embedded import world
-from diffusion_gym.embedded.model import build_tokenizer
+from embedded_tools.model import build_tokenizer  # the architecture, as the tool that trains it builds it
 from diffusion_gym.embedded.paraphrase import (
     HELD_OUT_SYNONYMS, HELD_OUT_TEMPLATES, LEXICON, MAX_TOKENS, TRAIN_TEMPLATES, build_prompt_sets, named_attributes, recall,
 )  # fmt: skip

@@ -12,15 +12,20 @@ from diffusion_gym import ENV_IDS, DiffusionPolicy, load_prompts
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.captioner import attribute_accuracy, load_captioner
 from diffusion_gym.models import load_model
+from diffusion_gym.policy import SAMPLING
 
 
-def test_the_embedded_model_carries_its_own_sampling_defaults():
+def test_the_embedded_model_has_its_own_row_of_env_and_policy_defaults():
     model = load_model("embedded", device="cpu")
     assert model.vae is None and model.sample_shape == (3, 32, 32)
-    assert model.defaults["num_inference_steps"] <= 20
+    row = gym.spec("DiffusionCompressibility-v0").kwargs["defaults"]["embedded"]
+    assert row["num_inference_steps"] <= 20
     env = gym.make("DiffusionCompressibility-v0", model="embedded", device="cpu").unwrapped
-    assert env.prompts == load_prompts("toy_world") and env.num_steps == model.defaults["num_inference_steps"]
-    assert env.guidance_scale == model.defaults["guidance_scale"] and env.sampler.eta == 1.0
+    assert env.prompts == load_prompts("toy_world") and env.num_steps == row["num_inference_steps"]
+    policy = DiffusionPolicy.from_env(env)
+    expected = SAMPLING["embedded"]
+    assert (policy.guidance_scale, policy.guidance_interval, policy.sampler.eta) == (expected.guidance_scale, expected.guidance_interval, expected.eta)
+    assert (expected.guidance_scale, expected.guidance_interval, expected.eta) == (3.0, (600, 999), 1.0)
 
 
 def test_make_vec_runs_offline_with_the_policy_from_the_env():
@@ -55,7 +60,7 @@ def test_every_task_runs_a_whole_episode_offline_and_passes_check_env(env_id):
 
 
 def test_samples_show_what_their_prompts_say():
-    """A quick quality check (the full evaluation is diffusion_gym/embedded/evaluate.py): 32
+    """A quick quality check (the full evaluation is embedded_tools/evaluate.py): 32
     samples of 8 training prompts, read back by the captioner."""
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=32, model="embedded", device="cpu")
     policy = DiffusionPolicy.from_env(envs)

@@ -64,7 +64,7 @@ def test_the_object_is_found_on_a_noisy_background():
 
 def test_the_taste_is_not_jpeg_size_in_disguise():
     """Across backgrounds of every kind, |corr(taste, JPEG kB)| stays under 0.5 (the shipped
-    model's samples are checked by `python -m diffusion_gym.embedded.evaluate_tasks`)."""
+    model's samples are checked by `python -m embedded_tools.evaluate_tasks`)."""
     batch = world.sample_batch(400, np.random.default_rng(0), world.TRAIN)
     tastes = taste(batch.images)
     assert abs(np.corrcoef(tastes, jpeg_size_kb(batch.images))[0, 1]) < 0.5

@@ -29,45 +29,42 @@ def _summary(x) -> list[float]:
     return [float(x.sum()), float((x * x).sum()), *map(float, x[:4])]
 
 
-def rollout(model: str, num_envs: int, num_inference_steps: int | None, seed: int) -> dict:
+def episode(model: str, num_envs: int, num_inference_steps: int | None, seed: int) -> dict:
     from diffusion_gym.policy import DiffusionPolicy
+    from diffusion_gym.rollout import rollout
 
     kwargs = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=num_envs, model=model, device="cpu", **kwargs)
-    policy = DiffusionPolicy.from_env(envs)
-    generator = torch.Generator().manual_seed(seed)
-    obs, _ = envs.reset(seed=seed)
-    out = {"prompts": list(obs["prompt"]), "timesteps": [], "x_t": [], "actions": [], "log_probs": []}
-    while True:
-        action, log_prob = policy.act(obs, generator=generator)
-        out["timesteps"].append(np.asarray(obs["timestep"]).tolist())
-        out["x_t"].append(_summary(obs["x_t"]))
-        out["actions"].append(_summary(action))
-        out["log_probs"].append(np.asarray(log_prob, dtype=np.float64).tolist())
-        obs, reward, terminated, _, info = envs.step(action)
-        if terminated.all():
-            out["rewards"] = np.asarray(reward, dtype=np.float64).tolist()
-            out["images"] = _summary(info["images"])
-            return out
+    batch = rollout(envs, DiffusionPolicy.from_env(envs), seed=seed, generator=torch.Generator().manual_seed(seed))
+    steps = range(batch.num_steps)
+    return {
+        "prompts": batch.prompts,
+        "timesteps": [batch.timesteps[:, k].tolist() for k in steps],
+        "x_t": [_summary(batch.samples[:, k]) for k in steps],
+        "actions": [_summary(batch.samples[:, k + 1]) for k in steps],
+        "log_probs": [batch.log_probs[:, k].double().tolist() for k in steps],
+        "rewards": batch.rewards.double().tolist(),
+        "images": _summary(batch.images),
+    }
 
 
 def update(algorithm: str) -> dict:
-    from agents.buffer import collect
     from agents.ddpo import DDPO, DDPOConfig
     from agents.rwr import RWR, RWRConfig
     from diffusion_gym.policy import DiffusionPolicy
+    from diffusion_gym.rollout import rollout
 
     envs = gym.make_vec("DiffusionIncompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", array_type="torch")
-    policy = DiffusionPolicy.from_env(envs, reduce="mean")
+    policy = DiffusionPolicy.from_env(envs)
     policy.enable_lora(rank=4, seed=0)
     generator = torch.Generator().manual_seed(0)
     if algorithm == "ddpo-is":
-        agent = DDPO(policy, DDPOConfig(estimator="is", learning_rate=1e-3, train_batch_size=4, clip_range=0.2, per_prompt_min_count=16), generator)
+        agent = DDPO(policy, DDPOConfig(estimator="is", log_prob_reduce="mean", learning_rate=1e-3, train_batch_size=4, clip_range=0.2, per_prompt_min_count=16), generator)
     else:
         agent = RWR(policy, RWRConfig(weighting="exp", beta=1.0, learning_rate=1e-3, train_batch_size=4, num_updates=2), generator)
     envs.reset(seed=1)
     before = torch.cat([p.detach().flatten().clone() for p in policy.trainable_parameters()])
-    batch = collect(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(2))
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(2))
     metrics = agent.update(batch)
     after = torch.cat([p.detach().flatten() for p in policy.trainable_parameters()])
     change = (after - before).double()
@@ -81,8 +78,8 @@ def update(algorithm: str) -> dict:
 def compute() -> dict:
     torch.manual_seed(0)
     return {
-        "rollout_tiny_random": rollout("tiny-random", 2, 3, seed=0),
-        "rollout_embedded": rollout("embedded", 2, None, seed=0),
+        "rollout_tiny_random": episode("tiny-random", 2, 3, seed=0),
+        "rollout_embedded": episode("embedded", 2, None, seed=0),
         "update_ddpo_is": update("ddpo-is"),
         "update_rwr": update("rwr-exp"),
     }

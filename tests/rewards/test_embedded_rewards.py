@@ -15,7 +15,7 @@ from diffusion_gym.embedded.aesthetic import load_predictor
 from diffusion_gym.embedded.captioner import load_captioner
 from diffusion_gym.embedded.paraphrase import named_attributes, recall
 from diffusion_gym.embedded.taste import taste
-from diffusion_gym.embedded.train_aesthetic import rank_correlation, rate
+from embedded_tools.train_aesthetic import rank_correlation, rate
 from diffusion_gym.prompts import load_prompts
 from diffusion_gym.rewards import make_reward
 from tests.conftest import run_episode
@@ -85,7 +85,7 @@ def test_ratings_are_the_raters_mean_of_clipped_rounded_scores():
 
 def test_the_aesthetic_training_script_writes_a_loadable_predictor(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "diffusion_gym.embedded.train_aesthetic", "--output-dir", str(tmp_path / "head"),
+        [sys.executable, "-m", "embedded_tools.train_aesthetic", "--output-dir", str(tmp_path / "head"),
          "--ratings-file", str(tmp_path / "ratings.npz"), "--renders", "64", "--samples", "64", "--held-out-samples", "64",
          "--num-inference-steps", "2", "--steps", "20"],
         cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=300,

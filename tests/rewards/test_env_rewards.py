@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.buffer import collect
+from diffusion_gym.rollout import rollout
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.rewards import make_reward
 from tests.conftest import TINY, run_episode
@@ -54,7 +54,7 @@ def test_overlapped_rewards_equal_inline_ones_and_run_while_the_next_batch_sampl
         policy = DiffusionPolicy.from_env(envs)
         act = policy.act
         policy.act = lambda *a, **k: (events.append(("act", time.perf_counter(), threading.get_ident())), act(*a, **k))[1]
-        return collect(envs, policy, num_batches=3, generator=torch.Generator().manual_seed(0), overlap_rewards=overlap)
+        return rollout(envs, policy, num_batches=3, generator=torch.Generator().manual_seed(0), overlap_rewards=overlap)
 
     inline = run(False)
     events.clear()

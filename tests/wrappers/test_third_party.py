@@ -71,7 +71,7 @@ def test_stable_baselines3_ppo_trains_the_policy_and_its_log_prob_is_ours(value_
     with torch.no_grad():
         actions, _, sb3_log_prob = model.policy(obs_tensor)
         _, evaluated, _ = model.policy.evaluate_actions(obs_tensor, actions)
-        ours = policy.log_prob(vec_env.envs.prompt_observation(obs), actions.reshape(4, *vec_env.sample_shape), reduce="sum")
+        ours = policy.log_prob(vec_env.envs.prompt_observation(obs), actions.reshape(4, *vec_env.sample_shape))
     torch.testing.assert_close(sb3_log_prob, ours, rtol=1e-5, atol=1e-3)
     torch.testing.assert_close(evaluated, ours, rtol=1e-5, atol=1e-3)
 
@@ -174,7 +174,7 @@ def test_tianshou_trains_the_policy_and_its_log_prob_is_ours(algorithm):
         out = actor_policy(Batch(obs=obs, info=Batch()))
         tianshou_log_prob = out.dist.log_prob(out.act)
         stacked = {key: np.stack([row[key] for row in obs]) for key in obs[0]}
-        ours = policy.log_prob(venv.envs.prompt_observation(stacked), out.act.reshape(4, *venv.sample_shape), reduce="sum")
+        ours = policy.log_prob(venv.envs.prompt_observation(stacked), out.act.reshape(4, *venv.sample_shape))
     torch.testing.assert_close(tianshou_log_prob, ours, rtol=1e-5, atol=1e-3)
     with pytest.raises(ValueError, match="all its 4 episodes together"):
         venv.step(np.zeros((2, venv.action_space.shape[0]), dtype=np.float32), env_id=[0, 1])

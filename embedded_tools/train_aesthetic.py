@@ -1,7 +1,7 @@
 """Draw the toy world's aesthetic ratings and train its predictor on them.
 
-    python -m diffusion_gym.embedded.train_aesthetic                 # reproduces weights/aesthetic/
-    python -m diffusion_gym.embedded.train_aesthetic --output-dir /tmp/a
+    python -m embedded_tools.train_aesthetic                 # reproduces weights/aesthetic/
+    python -m embedded_tools.train_aesthetic --output-dir /tmp/a
 
 1. Ratings, as LAION's raters scored a wide range of real images: `renders` ground-truth
    renders of all 240 combinations, as many again drawn with more freedom than the world has
@@ -84,15 +84,12 @@ def rate(tastes: np.ndarray, raters: int, noise: float, rng: np.random.Generator
 def starting_samples(n: int, config: AestheticTraining, seed: int, desc: str) -> np.ndarray:
     """`n` samples of the embedded model on its training prompts in turn, through the env."""
     import diffusion_gym  # noqa: F401  (registers the ids)
-    from diffusion_gym.embedded.evaluate import sample
     from diffusion_gym.policy import DiffusionPolicy
+    from embedded_tools.evaluate import sample
 
-    envs = gym.make_vec(
-        "DiffusionCompressibility-v0", num_envs=64, model="embedded", device="cpu",
-        num_inference_steps=config.num_inference_steps, guidance_scale=config.guidance_scale,
-    )  # fmt: skip
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=64, model="embedded", device="cpu", num_inference_steps=config.num_inference_steps)
     prompts = [world.TRAIN_PROMPTS[i % len(world.TRAIN_PROMPTS)] for i in range(n)]
-    return sample(envs, DiffusionPolicy.from_env(envs), prompts, seed=seed, desc=desc)
+    return sample(envs, DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale), prompts, seed=seed, desc=desc)
 
 
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,6 +1,6 @@
 """The figures the embedded model is judged by, measured through the environment.
 
-    python -m diffusion_gym.embedded.evaluate                  # the shipped model, its defaults
+    python -m embedded_tools.evaluate                  # the shipped model, its defaults
 
 Prints and writes (`--output-dir`, default outputs/embedded_eval/):
 - the captioner's per-attribute accuracy on fresh ground-truth renders of held-out and of
@@ -24,7 +24,6 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tyro
-from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from diffusion_gym.embedded import world
@@ -32,6 +31,7 @@ from diffusion_gym.embedded.captioner import attribute_accuracy, load_captioner
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.rewards import jpeg_size_kb
+from diffusion_gym.rollout import rollout
 
 
 @dataclass
@@ -43,11 +43,11 @@ class EvalConfig:
     captioner: Path | None = None
     """Captioner folder; None: the one shipped with the embedded model."""
     num_inference_steps: int | None = None
-    """Sampler steps; None: the model's default."""
+    """Sampler steps; None: the task's for the model."""
     guidance_scale: float | None = None
-    """Classifier-free guidance; None: the model's default."""
+    """Classifier-free guidance; None: the policy's for the model."""
     guidance_interval: tuple[int, int] | None = None
-    """Timesteps (low, high) that guidance applies to; None: the model's default."""
+    """Timesteps (low, high) that guidance applies to; None: the policy's for the model."""
     samples_per_prompt: int = 3
     """Samples drawn for each training and each held-out prompt."""
     renders: int = 2000
@@ -63,21 +63,10 @@ class EvalConfig:
 
 
 def sample(envs, policy: DiffusionPolicy, prompts: list[str], seed: int, desc: str = "sampling") -> np.ndarray:
-    """One image per prompt, through the vector env in batches of `envs.num_envs`, (N, H, W, 3) uint8."""
-    n = envs.num_envs
+    """One image per prompt, through the vector env in batches of `envs.num_envs`, (N, H, W, 3)
+    uint8; the same prompts and seed give the same images."""
     generator = torch.Generator(policy.device).manual_seed(seed)
-    images = []
-    for start in tqdm(range(0, len(prompts), n), desc=desc, unit="batch"):
-        chunk = prompts[start : start + n]
-        padded = chunk + [chunk[-1]] * (n - len(chunk))  # the last batch is filled up, then cut
-        obs, _ = envs.reset(seed=seed + start, options={"prompts": padded})
-        while True:
-            action, _ = policy.act(obs, generator=generator)
-            obs, _, terminated, _, info = envs.step(action)
-            if terminated.all():
-                break
-        images.append(info["images"][: len(chunk)])
-    return np.concatenate(images)
+    return rollout(envs, policy, prompts=prompts, seed=seed, generator=generator, keep_steps=False, progress=desc).images
 
 
 def main(config: EvalConfig) -> dict:
@@ -93,16 +82,16 @@ def main(config: EvalConfig) -> dict:
         results["captioner"][split] = attribute_accuracy(captioner.read(batch.images), batch.labels)
 
     # 2. samples through the env with the model's own defaults
-    settings = (("num_inference_steps", config.num_inference_steps), ("guidance_scale", config.guidance_scale), ("guidance_interval", config.guidance_interval))
-    overrides = {k: v for k, v in settings if v is not None}
-    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=config.batch_size, model=config.model, device="cpu", **overrides)
-    policy = DiffusionPolicy.from_env(envs)
+    steps = {} if config.num_inference_steps is None else {"num_inference_steps": config.num_inference_steps}
+    sampling = {k: v for k, v in (("guidance_scale", config.guidance_scale), ("guidance_interval", config.guidance_interval)) if v is not None}
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=config.batch_size, model=config.model, device="cpu", **steps)
+    policy = DiffusionPolicy.from_env(envs, **sampling)
     base = envs.unwrapped
     unet_params = sum(p.numel() for p in base.model.unet.parameters())
     text_params = sum(p.numel() for p in base.model.text_encoder.parameters())
     results["parameters"] = {"unet": unet_params, "text_encoder": text_params, "total": unet_params + text_params}
     results["sampling"] = {
-        "num_inference_steps": base.num_steps, "guidance_scale": base.guidance_scale, "guidance_interval": base.guidance_interval, "eta": base.sampler.eta,
+        "num_inference_steps": base.num_steps, "guidance_scale": policy.guidance_scale, "guidance_interval": policy.guidance_interval, "eta": policy.sampler.eta,
     }  # fmt: skip
 
     samples = {}
@@ -136,9 +125,9 @@ def main(config: EvalConfig) -> dict:
     }
 
     # 4. time to sample 64 images (one batch of 64, the model's steps and guidance)
-    timing_envs = envs if envs.num_envs == 64 else gym.make_vec("DiffusionCompressibility-v0", num_envs=64, model=config.model, device="cpu", **overrides)
+    timing_envs = envs if envs.num_envs == 64 else gym.make_vec("DiffusionCompressibility-v0", num_envs=64, model=config.model, device="cpu", **steps)
     start = time.perf_counter()
-    sample(timing_envs, DiffusionPolicy.from_env(timing_envs), list(world.TRAIN_PROMPTS[:64]), seed=config.seed, desc="timing")
+    sample(timing_envs, DiffusionPolicy.from_env(timing_envs, **sampling), list(world.TRAIN_PROMPTS[:64]), seed=config.seed, desc="timing")
     results["seconds_to_sample_64"] = time.perf_counter() - start
     results["torch_threads"] = torch.get_num_threads()
 

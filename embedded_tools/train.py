@@ -1,7 +1,7 @@
 """Train the embedded default from scratch: the captioner, then the diffusion model.
 
-    python -m diffusion_gym.embedded.train                       # reproduces the shipped weights
-    python -m diffusion_gym.embedded.train --output-dir /tmp/e   # somewhere else
+    python -m embedded_tools.train                       # reproduces the shipped weights
+    python -m embedded_tools.train --output-dir /tmp/e   # somewhere else
 
 On 2 CPU cores the default run takes 68 to 102 minutes, by the machine (benchmarks/README.md).
 Progress shows as a bar; every `log_every` steps the loss goes to `train_log.jsonl` in the output
@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from diffusion_gym.embedded import EMBEDDED_DIR, world
 from diffusion_gym.embedded.captioner import CaptionerTraining, train_captioner
-from diffusion_gym.embedded.model import build_untrained
+from embedded_tools.model import build_untrained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"

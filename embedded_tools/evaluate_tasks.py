@@ -1,6 +1,6 @@
 """The figures the embedded model's four tasks are judged by, measured through the environments.
 
-    python -m diffusion_gym.embedded.evaluate_tasks          # writes benchmarks/results/embedded_tasks.json
+    python -m embedded_tools.evaluate_tasks          # writes benchmarks/results/embedded_tasks.json
 
 For the starting model (the shipped weights, no fine-tuning), at two sampler settings: the
 embedded training presets' (10 steps, no guidance: where fine-tuning starts) and the model's
@@ -27,9 +27,9 @@ import tyro
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from diffusion_gym.embedded import world
-from diffusion_gym.embedded.evaluate import sample
+from embedded_tools.evaluate import sample
 from diffusion_gym.embedded.taste import taste
-from diffusion_gym.embedded.train_aesthetic import rank_correlation
+from embedded_tools.train_aesthetic import rank_correlation
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.prompts import load_prompts
 from diffusion_gym.rewards import jpeg_size_kb, make_reward
@@ -70,8 +70,9 @@ def main(config: TasksEvalConfig) -> dict:
     for name, settings in SETTINGS.items():
         figures: dict = {}
         for env_id in TASK_IDS:
-            envs = gym.make_vec(env_id, num_envs=64, model="embedded", device="cpu", **settings)
-            policy = DiffusionPolicy.from_env(envs)
+            steps = {k: v for k, v in settings.items() if k == "num_inference_steps"}
+            envs = gym.make_vec(env_id, num_envs=64, model="embedded", device="cpu", **steps)
+            policy = DiffusionPolicy.from_env(envs, **{k: v for k, v in settings.items() if k != "num_inference_steps"})
 
             def samples(prompts: list[str], seed: int) -> np.ndarray:
                 return sample(envs, policy, prompts, seed=seed, desc=env_id.removeprefix("Diffusion").removesuffix("-v0"))
