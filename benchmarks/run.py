@@ -33,6 +33,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -43,12 +44,12 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from embedded_tools.evaluate import sample
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.prompts import held_out_set, load_prompts
 from diffusion_gym.rewards import jpeg_size_kb
+from embedded_tools.evaluate import sample
 
 ALGORITHM_NAMES = {"ddpo-is": "DDPO-IS", "ddpo-sf": "DDPO-SF", "rwr-exp": "RWR", "rwr-sparse": "RWR-sparse", "ddpo-is-kl": "DDPO-IS + KL"}
 # Variants a grid can run beside the four algorithms: name -> (algorithm, overrides of its preset).
@@ -85,8 +86,8 @@ class BenchConfig:
     train: dict[str, str] = field(default_factory=dict)
     """Overrides of the training preset for every cell: `--train num_envs 8 ddpo.clip_range 1e-3`
     (in code also nested: {"ddpo": {"clip_range": 1e-3}}); checked against `TrainConfig` before any run."""
-    preset_train: tyro.conf.Suppress[dict[str, str]] = field(default_factory=dict)
-    """This bench preset's own overrides of the training preset, applied before `train`."""
+    preset_train: tyro.conf.Suppress[dict[str, Any]] = field(default_factory=dict)
+    """This bench preset's own overrides of the training preset (typed values), applied before `train`."""
     output_dir: Path = Path("runs/bench")
     """Where everything goes."""
 
@@ -109,7 +110,7 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         "embedded model, compressibility and incompressibility, all four algorithms, one seed: <= 10 minutes on 2 cores",
         BenchConfig(
             budget=192, eval_every=6, eval_prompts=16,
-            preset_train={"num_envs": "16", "batches_per_epoch": "2", "samples_per_prompt": "4", "num_inference_steps": "5", "ddpo.per_prompt_min_count": "4"},
+            preset_train={"num_envs": 16, "batches_per_epoch": 2, "samples_per_prompt": 4, "num_inference_steps": 5, "ddpo.per_prompt_min_count": 4},
             output_dir=Path("runs/bench-quick"),
         ),  # fmt: skip
     ),
@@ -124,7 +125,7 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained and each prompt normalised within its batch, 10,000 reward queries or 30 minutes (the agents issue's target run)",
         BenchConfig(
             tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
-            preset_train={"num_inference_steps": "20", "ddpo.min_step_std_ratio": "0.1", "ddpo.per_prompt_buffer": "8"}, output_dir=Path("runs/bench-agents-20-steps"),
+            preset_train={"num_inference_steps": 20, "ddpo.min_step_std_ratio": 0.1, "ddpo.per_prompt_buffer": 8}, output_dir=Path("runs/bench-agents-20-steps"),
         ),  # fmt: skip
     ),
     "tasks": (

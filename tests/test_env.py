@@ -12,6 +12,7 @@ from gymnasium.vector import AutoresetMode
 from conftest import TINY, make_vec, run_episode
 from diffusion_gym import ENV_IDS, DiffusionEnv, DiffusionPolicy, DiffusionVectorEnv, load_prompts
 from diffusion_gym.rewards import REWARDS, jpeg_size_kb
+from diffusion_gym.rollout import rollout
 
 
 def mean_brightness(images, prompts):
@@ -84,15 +85,12 @@ def test_reset_options_group_prompts_and_defer_the_reward():
     assert again["prompt"] == obs["prompt"]
     np.testing.assert_array_equal(again["x_t"], obs["x_t"])
     policy = DiffusionPolicy.from_env(envs)
-    envs.reset(seed=1, options={"defer_reward": True})
-    for _ in range(3):
-        obs, reward, terminated, _, info = envs.step(policy.act(obs)[0])
-    np.testing.assert_array_equal(reward, 0.0)
-    assert terminated.all()
-    rewards, _ = envs.unwrapped.score(info["images"], list(obs["prompt"]))
-    np.testing.assert_array_equal(rewards, -jpeg_size_kb(info["images"]))
-    trace = run_episode(envs, policy, seed=1)  # a reset without the option scores again
-    assert trace["rewards"][-1].min() < 0
+    terminal_rewards = []  # overlap_rewards resets with defer_reward and scores with env.score itself
+    deferred = rollout(envs, policy, seed=1, generator=torch.Generator().manual_seed(0), overlap_rewards=True, on_step=lambda step: terminal_rewards.append(step["reward"]))
+    np.testing.assert_array_equal(terminal_rewards[-1], 0.0)
+    scored = rollout(envs, policy, seed=1, generator=torch.Generator().manual_seed(0))  # a reset without the option: the env scores
+    np.testing.assert_array_equal(deferred.rewards.numpy(), scored.rewards.numpy())
+    np.testing.assert_allclose(scored.rewards.numpy(), -jpeg_size_kb(scored.images), rtol=1e-6)
 
 
 def test_make_vec_builds_one_batched_env_with_the_declared_autoreset_mode():

@@ -139,7 +139,7 @@ class DiffusionVectorEnv(VectorEnv):
         self.array_type = array_type
         self.render_mode = render_mode
         # settings not given: the model's row of `defaults`, else its "*" row (all checked before the slow part)
-        defaults = TASKS[1].defaults() if defaults is None else defaults
+        defaults = next(t for t in TASKS if t.id == "DiffusionCompressibility-v0").defaults() if defaults is None else defaults
         model_name = model.name if isinstance(model, DiffusionModel) else str(model)
         row = defaults.get(model_name, defaults["*"])
         reward = row["reward"] if reward is None else reward

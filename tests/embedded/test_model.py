@@ -13,8 +13,9 @@ import pytest
 from diffusion_gym import DiffusionPolicy
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.captioner import load_captioner
-from embedded_tools.model import WORLD_WORDS, build_tokenizer
 from diffusion_gym.models import load_model
+from diffusion_gym.rollout import rollout
+from embedded_tools.model import WORLD_WORDS, build_tokenizer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -53,9 +54,5 @@ def test_training_script_writes_a_loadable_model_and_a_loss_log(trained_folder):
 
 def test_the_trained_folder_runs_in_the_env(trained_folder):
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=2, model=str(trained_folder), prompts="toy_world", num_inference_steps=3, device="cpu")
-    policy = DiffusionPolicy.from_env(envs)
-    obs, _ = envs.reset(seed=0)
-    for _ in range(3):
-        action, log_prob = policy.act(obs)
-        obs, reward, terminated, _, info = envs.step(action)
-    assert terminated.all() and info["images"].shape == (2, 32, 32, 3) and np.isfinite(reward).all()
+    batch = rollout(envs, DiffusionPolicy.from_env(envs), seed=0)
+    assert batch.num_steps == 3 and batch.images.shape == (2, 32, 32, 3) and np.isfinite(batch.rewards.numpy()).all()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from diffusion_gym.embedded import world
-from embedded_tools.model import build_tokenizer  # the architecture, as the tool that trains it builds it
 from diffusion_gym.embedded.paraphrase import (
     HELD_OUT_SYNONYMS, HELD_OUT_TEMPLATES, LEXICON, MAX_TOKENS, TRAIN_TEMPLATES, build_prompt_sets, named_attributes, recall,
 )  # fmt: skip
 from diffusion_gym.prompts import load_prompts
+from embedded_tools.model import build_tokenizer  # the tokenizer as the tool that trains the model builds it
 
 CAPTION = "a small red circle on a flat background"
 

@@ -13,6 +13,7 @@ from diffusion_gym.embedded import world
 from diffusion_gym.embedded.captioner import attribute_accuracy, load_captioner
 from diffusion_gym.models import load_model
 from diffusion_gym.policy import SAMPLING
+from diffusion_gym.rollout import rollout
 
 
 def test_the_embedded_model_has_its_own_row_of_env_and_policy_defaults():
@@ -30,17 +31,9 @@ def test_the_embedded_model_has_its_own_row_of_env_and_policy_defaults():
 
 def test_make_vec_runs_offline_with_the_policy_from_the_env():
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=8, model="embedded", device="cpu")
-    policy = DiffusionPolicy.from_env(envs)
-    obs, _ = envs.reset(seed=0)
-    steps = 0
-    while True:
-        action, log_prob = policy.act(obs)
-        obs, reward, terminated, _, info = envs.step(action)
-        steps += 1
-        if terminated.all():
-            break
-    assert steps == envs.unwrapped.num_steps and info["images"].shape == (8, 32, 32, 3)
-    assert np.isfinite(log_prob).all() and (reward < 0).all()
+    batch = rollout(envs, DiffusionPolicy.from_env(envs), seed=0)
+    assert batch.num_steps == envs.unwrapped.num_steps and batch.images.shape == (8, 32, 32, 3)
+    assert torch.isfinite(batch.log_probs).all() and (batch.rewards < 0).all()
 
 
 @pytest.mark.parametrize("env_id", ENV_IDS)
@@ -65,11 +58,6 @@ def test_samples_show_what_their_prompts_say():
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=32, model="embedded", device="cpu")
     policy = DiffusionPolicy.from_env(envs)
     prompts = [world.TRAIN_PROMPTS[i] for i in range(0, len(world.TRAIN_PROMPTS), 26)][:8] * 4
-    obs, _ = envs.reset(seed=1, options={"prompts": prompts})
-    generator = torch.Generator().manual_seed(1)
-    while True:
-        obs, _, terminated, _, info = envs.step(policy.act(obs, generator=generator)[0])
-        if terminated.all():
-            break
-    accuracy = attribute_accuracy(load_captioner().read(info["images"]), world.labels_of([world.parse_caption(p) for p in prompts]))
+    images = rollout(envs, policy, prompts=prompts, seed=1, generator=torch.Generator().manual_seed(1), keep_steps=False).images
+    accuracy = attribute_accuracy(load_captioner().read(images), world.labels_of([world.parse_caption(p) for p in prompts]))
     assert min(accuracy.values()) >= 0.75, accuracy
