@@ -94,11 +94,10 @@ def floor(config: FloorConfig) -> dict[str, float]:
     }
     uniform = _uniform_images(len(prompts))
     figures["uniform"] = kb(uniform)
-    alphas = sampler.scheduler.alphas_cumprod
     for name, images in (("", uniform), ("black, ", -torch.ones_like(uniform))):
         for k in range(1, min(4, len(timesteps)) + 1):
             first = timesteps[len(timesteps) - k]
-            noised = alphas[first].sqrt() * images + (1 - alphas[first]).sqrt() * torch.randn(images.shape, generator=generator)
+            noised = sampler.scheduler.add_noise(images, torch.randn(images.shape, generator=generator), first.expand(len(images)))
             figures[f"{name}last {k} steps untrained"] = kb(_finish(policy, noised, timesteps[len(timesteps) - k :], prompts, generator))
 
     relative = sampler.relative_std(timesteps)

@@ -114,7 +114,6 @@ def train(config: TrainConfig) -> Path:
         generator.set_state(state["torch_rng"])
         start_step, seconds_before = state["step"], state["seconds"]
         print(f"resuming from {checkpoint_path} at step {start_step}")
-    alphas_cumprod = scheduler.alphas_cumprod
     start = time.perf_counter() - seconds_before
 
     bar = tqdm(range(start_step, config.steps), desc="diffusion model", unit="step", initial=start_step, total=config.steps)
@@ -125,9 +124,8 @@ def train(config: TrainConfig) -> Path:
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
         noise = torch.randn(x0.shape, generator=generator)
-        a = alphas_cumprod[timesteps].view(-1, 1, 1, 1)
-        x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        v_target = a.sqrt() * noise - (1 - a).sqrt() * x0  # the velocity (Salimans & Ho 2022)
+        x_t = scheduler.add_noise(x0, noise, timesteps)
+        v_target = scheduler.get_velocity(x0, noise, timesteps)  # the velocity (Salimans & Ho 2022)
         v_pred = unet(x_t, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = torch.nn.functional.mse_loss(v_pred, v_target)
         optimizer.zero_grad()
