@@ -5,8 +5,9 @@ a change meant to keep behaviour (a refactor) can be checked against them by
     python -m tests.golden.make_golden          # rewrite tests/golden/numbers.json (only when behaviour is meant to change)
 
 Each case is small: a short rollout on the tiny random model and on the embedded model
-(observations, actions and log-probs summarised per step, the rewards in full), and one DDPO-IS
-and one RWR update on the tiny model (their metrics and the size of the parameter change).
+(observations, actions and log-probs summarised per step, the rewards in full), one DDPO-IS and
+one RWR update on the tiny model (their metrics and the size of the parameter change), and the
+numbers of `diffusion-gym-bench quick`'s table (every cell's last evaluation, and the start's).
 """
 
 from __future__ import annotations
@@ -75,6 +76,22 @@ def update(algorithm: str) -> dict:
     }
 
 
+def bench_quick() -> dict:
+    """`diffusion-gym-bench quick` (about 2 minutes on 2 cores): the evaluations its table is made of."""
+    import dataclasses
+    import tempfile
+
+    from benchmarks.run import PRESETS, run
+
+    with tempfile.TemporaryDirectory() as folder:
+        results = run(dataclasses.replace(PRESETS["quick"][1], output_dir=Path(folder)))
+    keys = ("eval_train_reward", "eval_held_out_reward", "eval_train_faithfulness")
+    numbers = {f"start {task}": [start[k] for k in keys] for task, start in sorted(results["start"].items())}
+    for cell in results["cells"]:
+        numbers[f"{cell['task']} {cell['algorithm']} seed {cell['seed']}"] = [cell["evaluations"][-1][k] for k in keys]
+    return numbers
+
+
 def compute() -> dict:
     torch.manual_seed(0)
     return {
@@ -82,6 +99,7 @@ def compute() -> dict:
         "rollout_embedded": episode("embedded", 2, None, seed=0),
         "update_ddpo_is": update("ddpo-is"),
         "update_rwr": update("rwr-exp"),
+        "bench_quick": bench_quick(),
     }
 
 
