@@ -14,7 +14,7 @@ mean divides by the dimensions itself, `agents.ddpo.DDPOConfig.log_prob_reduce`)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import numpy as np
@@ -121,6 +121,10 @@ class DiffusionPolicy(FineTuning, nn.Module):
         base = getattr(base, "vector_env", base)
         if not all(hasattr(base, name) for name in ("model", "scheduler", "num_steps")):
             raise ValueError(f"{type(env).__name__} is not a diffusion-gym environment; make one with gym.make('Diffusion...-v0').")
+        unknown = sorted(set(sampling) - {f.name for f in fields(Sampling)})
+        if unknown:
+            hint = " (log-probs are exact sums; an agent's mean over dimensions is DDPOConfig.log_prob_reduce)" if "reduce" in unknown else ""
+            raise ValueError(f"Unknown policy settings {unknown}; a policy takes eta, guidance_scale and guidance_interval{hint}.")
         return cls(base.model, base.scheduler, base.num_steps, **sampling)
 
     @property

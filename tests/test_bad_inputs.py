@@ -256,6 +256,7 @@ def test_bad_env_settings_are_named(kwargs, needles):
         ({"guidance_scale": "5"}, ["guidance_scale must be a number", "'5'", "str"]),
         ({"eta": "1"}, ["eta", "'1'"]),
         ({"guidance_interval": (0, 5000)}, ["guidance_interval", "(0, 999) guides every step"]),
+        ({"reduce": "mean"}, ["Unknown policy settings ['reduce']", "DDPOConfig.log_prob_reduce"]),
     ],
 )
 def test_bad_policy_settings_are_named(kwargs, needles):

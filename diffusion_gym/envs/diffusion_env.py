@@ -77,7 +77,7 @@ class DiffusionVectorEnv(VectorEnv):
     from the same RNG. Same seed, same episode. `reset(options=...)` takes:
     - "prompts": a str or num_envs str, this reset's prompts;
     - "samples_per_prompt": k, num_envs / k prompts drawn, each k times in a row (DDPO's
-      per-prompt reward statistics come from one batch);
+      per-prompt reward statistics come from one batch; 1: as without the option);
     - "defer_reward": True: these episodes end with reward 0 and the caller scores
       `info["images"]` with `score(images, prompts)` itself (agents score in a worker thread while
       the next batch samples).
@@ -181,10 +181,10 @@ class DiffusionVectorEnv(VectorEnv):
         """Start new episodes; `options` (see the class docstring): "prompts", "samples_per_prompt", "defer_reward"."""
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise ValueError(f"seed must be an int or None, got {seed!r} (one seed seeds all sub-envs).")
-        prompts, defer_reward = self._read_options(options)  # checked before the RNG moves
+        prompts, samples_per_prompt, defer_reward = self._read_options(options)  # checked before the RNG moves
         super().reset(seed=None if seed is None else int(seed))
         self._defer_rewards = defer_reward
-        self._start_episodes(prompts() if callable(prompts) else prompts)
+        self._start_episodes(self._grouped_prompts(samples_per_prompt) if samples_per_prompt > 1 else prompts)
         return self._observation(), {}
 
     def step(self, actions: np.ndarray | torch.Tensor) -> tuple[dict, Any, Any, Any, dict]:
@@ -214,8 +214,8 @@ class DiffusionVectorEnv(VectorEnv):
         if self._step_index is None:
             raise ValueError("step() or render() was called before reset(); call env.reset(seed=...) first.")
 
-    def _read_options(self, options: dict[str, Any] | None) -> tuple[Any, bool]:
-        """(this reset's prompts: a list, a function drawing them with the reseeded RNG, or None; defer_reward)."""
+    def _read_options(self, options: dict[str, Any] | None) -> tuple[list[str] | None, int, bool]:
+        """(this reset's fixed prompts or None, samples_per_prompt, defer_reward), checked."""
         options = options or {}
         known = ("prompts", "samples_per_prompt", "defer_reward")
         unknown = set(options) - set(known)
@@ -233,8 +233,8 @@ class DiffusionVectorEnv(VectorEnv):
             k = options["samples_per_prompt"]
             if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 or self.num_envs % k:
                 raise ValueError(f"options['samples_per_prompt'] must be an int dividing num_envs = {self.num_envs}, got {k!r}.")
-            return (lambda: self._grouped_prompts(int(k))), bool(defer_reward)
-        return self._prompts_from_options(options), bool(defer_reward)
+            return None, int(k), bool(defer_reward)
+        return self._prompts_from_options(options), 1, bool(defer_reward)
 
     def _grouped_prompts(self, samples_per_prompt: int) -> list[str]:
         """num_envs / k prompts drawn with the env's RNG, each k times in a row."""
