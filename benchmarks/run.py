@@ -107,9 +107,10 @@ class BenchConfig:
 
 PRESETS: dict[str, tuple[str, BenchConfig]] = {
     "quick": (
-        "embedded model, compressibility and incompressibility, all four algorithms, one seed: <= 10 minutes on 2 cores",
+        "embedded model, the aesthetic, compressibility and incompressibility tasks, DDPO-IS against RWR, one seed: <= 5 minutes on 2 cores",
         BenchConfig(
-            budget=192, eval_every=6, eval_prompts=16,
+            tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0"), algorithms=("ddpo-is", "rwr-exp"),
+            budget=384, eval_every=6, eval_prompts=64,
             preset_train={"num_envs": 16, "batches_per_epoch": 2, "samples_per_prompt": 4, "num_inference_steps": 5, "ddpo.per_prompt_min_count": 4},
             output_dir=Path("runs/bench-quick"),
         ),  # fmt: skip
@@ -192,6 +193,7 @@ class Evaluator:
             images = sample(self.envs, policy, prompts, seed=self.seed, desc=f"eval {split}")
             rewards, info = self.envs.unwrapped.score(images, prompts)
             metrics[f"eval_{split}_reward"] = float(rewards.mean())
+            metrics[f"eval_{split}_rewards"] = [float(r) for r in rewards]  # per prompt: the paired evaluation noise
             if "gold" in info:
                 metrics[f"eval_{split}_gold"] = float(np.mean(info["gold"]))
             metrics[f"eval_{split}_jpeg_kb"] = float(jpeg_size_kb(images).mean())
@@ -324,9 +326,44 @@ def _versions() -> dict:
     return {"torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__, "gymnasium": gym.__version__, "numpy": np.__version__}
 
 
+def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """mean(a − b) and its standard error, for two evaluations of the same prompts with the same
+    noise (the evaluation's own noise: which prompts were drawn, and their noise)."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+
+
+def against_noise(results: dict, rwr: str = "rwr-exp") -> list[str]:
+    """Per task, DDPO algorithm and seed: its end minus its start, and its lead over RWR at the
+    end, each with twice its paired standard error (same prompts and noise); a difference counts
+    if it exceeds that."""
+    lines = [
+        "DDPO against the evaluation noise (training prompts; ± twice the standard error of the paired difference over the "
+        "evaluation prompts, which share their noise; a difference counts when it is larger).\n",
+        f"| task | algorithm | seed | end − start | counts | lead over {ALGORITHM_NAMES[rwr]} at the end | counts |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, start in results["start"].items():
+        for cell in (c for c in results["cells"] if c["task"] == task and c["algorithm"].startswith("ddpo")):
+            other = next((c for c in results["cells"] if c["task"] == task and c["algorithm"] == rwr and c["seed"] == cell["seed"]), None)
+            end = cell["evaluations"][-1].get("eval_train_rewards")
+            if end is None or "eval_train_rewards" not in start:
+                continue
+            gain, gain_se = paired_difference(end, start["eval_train_rewards"])
+            row = f"| {task} | {ALGORITHM_NAMES.get(cell['algorithm'], cell['algorithm'])} | {cell['seed']} | {gain:+.4f} ± {2 * gain_se:.4f} | {'yes' if gain > 2 * gain_se else 'no'} |"
+            if other is not None and "eval_train_rewards" in other["evaluations"][-1]:
+                lead, lead_se = paired_difference(end, other["evaluations"][-1]["eval_train_rewards"])
+                row += f" {lead:+.4f} ± {2 * lead_se:.4f} | {'yes' if lead > 2 * lead_se else 'no'} |"
+            else:
+                row += " | |"
+            lines.append(row)
+    return lines if len(lines) > 3 else []
+
+
 def tables(results: dict) -> str:
-    """table.md: final reward per task and algorithm (mean ± std over seeds), start first; then
-    the generalisation table and, on the embedded model, faithfulness."""
+    """table.md: final reward per task and algorithm (mean ± std over seeds), start first; DDPO
+    against the evaluation noise; then the generalisation table and, on the embedded model,
+    faithfulness."""
     cells, tasks = results["cells"], list(results["start"])
     algorithms = list(dict.fromkeys(c["algorithm"] for c in cells))
 
@@ -342,6 +379,9 @@ def tables(results: dict) -> str:
     lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_reward']:.4f}" for t in tasks) + " |")
     for a in algorithms:
         lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(fmt(values(t, a, "train")) for t in tasks) + " |")
+    noise = against_noise(results)
+    if noise:
+        lines += [""] + noise
     if any("eval_held_out_reward" in results["start"][t] for t in tasks):
         lines += ["", "Generalisation: gain in evaluation reward over the starting model, training prompts vs held-out prompts never trained on.\n"]
         lines += ["| task | algorithm | gain, training prompts | gain, held-out prompts |", "|---|---|---|---|"]
@@ -382,6 +422,10 @@ def plot_curves(results: dict, path: Path) -> None:
     for column, task in enumerate(tasks):
         for row, metric in enumerate(metrics):
             ax = axes[row, column]
+            if f"eval_train_{metric}" not in results["start"][task]:  # a reward without a gold reference
+                ax.set_axis_off()
+                ax.text(0.5, 0.5, f"no {labels[metric]}\n(the reward is its own)", ha="center", va="center", transform=ax.transAxes, color="grey")
+                continue
             for algorithm in dict.fromkeys(c["algorithm"] for c in cells):
                 runs = [c["evaluations"] for c in cells if c["task"] == task and c["algorithm"] == algorithm]
                 length = min(len(r) for r in runs)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import gymnasium as gym
@@ -104,3 +105,19 @@ def test_the_alignment_task_is_evaluated_on_its_held_out_paraphrases_with_its_go
     assert 0 <= metrics["eval_held_out_faithfulness"] <= 1 and "eval_held_out_gold" in metrics
     table = tables({"start": {"DiffusionPromptAlignment-v0": metrics}, "cells": []})
     assert "Gold reference" in table and f"{metrics['eval_train_gold']:.4f}" in table
+
+
+def test_the_committed_quick_table_starts_from_the_shipped_model(tmp_path):
+    """benchmarks/results/quick was made with the code and weights shipped now: its starting-model
+    evaluation (the table's first row, every prompt's reward) is what the shipped model gives
+    today on the same prompts and noise."""
+    from benchmarks.run import start_of_task
+
+    committed = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "quick" / "results.json").read_text())
+    config = PRESETS["quick"][1]
+    assert committed["config"]["tasks"] == list(config.tasks) and committed["config"]["eval_prompts"] == config.eval_prompts
+    for task in config.tasks:
+        fresh, _ = start_of_task(config, task, tmp_path)
+        saved = committed["start"][task]
+        np.testing.assert_allclose(fresh["eval_train_rewards"], saved["eval_train_rewards"], rtol=0, atol=0.01, err_msg=task)  # a pixel rounding the other way moves a JPEG by bytes
+        assert fresh["eval_train_reward"] == pytest.approx(saved["eval_train_reward"], abs=1e-3)
