@@ -44,6 +44,8 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
+from benchmarks.verdict import verdict_table
+from diffusion_gym.embedded import world
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
 from diffusion_gym.policy import DiffusionPolicy
@@ -200,6 +202,8 @@ class Evaluator:
             if self.captioner is not None:  # the attributes each prompt names, read right (in any of their words)
                 captions = self.captioner.caption(images)
                 metrics[f"eval_{split}_faithfulness"] = float(np.mean([recall(p, c) for p, c in zip(prompts, captions)]))
+                backgrounds = [world.parse_caption(c)[3] for c in captions]  # the strategy a policy found (flat? noisy?)
+                metrics.update({f"eval_{split}_background_{b}": float(np.mean([x == b for x in backgrounds])) for b in world.ATTRIBUTES["background"]})
             images_by_split[split] = images
         return metrics, images_by_split
 
@@ -382,6 +386,8 @@ def tables(results: dict) -> str:
     noise = against_noise(results)
     if noise:
         lines += [""] + noise
+    if seeds > 1:
+        lines += ["", verdict_table(results).rstrip("\n")]
     if any("eval_held_out_reward" in results["start"][t] for t in tasks):
         lines += ["", "Generalisation: gain in evaluation reward over the starting model, training prompts vs held-out prompts never trained on.\n"]
         lines += ["| task | algorithm | gain, training prompts | gain, held-out prompts |", "|---|---|---|---|"]

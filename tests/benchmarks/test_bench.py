@@ -38,6 +38,9 @@ def test_a_one_cell_grid_writes_results_tables_curves_and_grids(tmp_path, capsys
     # compressibility's reward is -JPEG kB: the two evaluation numbers agree
     assert end["eval_train_reward"] == pytest.approx(-end["eval_train_jpeg_kb"])
     assert 0 <= end["eval_train_faithfulness"] <= 1 and "eval_held_out_reward" in end
+    # every prompt's reward (the paired evaluation noise) and the backgrounds the captioner reads (the strategy found)
+    assert np.mean(end["eval_train_rewards"]) == pytest.approx(end["eval_train_reward"]) and len(end["eval_train_rewards"]) == 4
+    assert sum(end[f"eval_train_background_{b}"] for b in ("flat", "gradient", "striped", "checkered", "noisy")) == pytest.approx(1.0)
     assert start == {"reward_queries": 0, **saved["start"]["DiffusionCompressibility-v0"]}
     # the table shows the starting model first, then the algorithm's final figure
     table = (out / "table.md").read_text()

@@ -1,0 +1,59 @@
+"""The verdict table: each claim's rule on hand-made results, against numbers computed by hand."""
+
+import numpy as np
+import pytest
+
+from benchmarks.verdict import interval, outcome, verdict_table, verdicts
+
+
+def cell(task, algorithm, seed, **final):
+    return {"task": task, "algorithm": algorithm, "seed": seed, "evaluations": [{"reward_queries": 0}, {"reward_queries": 640, **final}]}
+
+
+def results(ddpo_is, rwr, ddpo_sf=None, task="DiffusionCompressibility-v0", start=None, **extra):
+    cells = [cell(task, "ddpo-is", s, eval_train_reward=v, **{k: vals[s] for k, vals in extra.items()}) for s, v in enumerate(ddpo_is)]
+    cells += [cell(task, "rwr-exp", s, eval_train_reward=v) for s, v in enumerate(rwr)]
+    cells += [cell(task, "ddpo-sf", s, eval_train_reward=v) for s, v in enumerate(ddpo_sf or [])]
+    return {"start": {task: start or {"eval_train_reward": -1.25}}, "cells": cells}
+
+
+def test_the_interval_is_students_t_over_seeds():
+    mean, low, high = interval([0.10, 0.12, 0.09])
+    half = 4.303 * np.std([0.10, 0.12, 0.09], ddof=1) / np.sqrt(3)
+    assert mean == pytest.approx(0.103333, abs=1e-6) and (low, high) == pytest.approx((mean - half, mean + half), abs=1e-4)
+    assert np.isnan(interval([0.1])[1])
+
+
+@pytest.mark.parametrize("low, high, at_least, expected", [
+    (0.01, 0.2, False, "holds"), (-0.2, -0.01, False, "does not hold"), (-0.1, 0.1, False, "inconclusive"),
+    (-0.1, 0.1, True, "holds"), (-0.2, -0.01, True, "does not hold"), (float("nan"), float("nan"), True, "inconclusive"),
+])  # fmt: skip
+def test_outcomes(low, high, at_least, expected):
+    assert outcome(low, high, at_least) == expected
+
+
+def test_ddpo_beating_rwr_and_matching_sf_are_read_from_the_seeds():
+    rows = {r["claim"]: r for r in verdicts(results(ddpo_is=[-1.20, -1.19, -1.21], rwr=[-1.24, -1.23, -1.24], ddpo_sf=[-1.18, -1.20, -1.19]))}
+    beats = rows["DDPO beats RWR"]
+    assert beats["n"] == 3 and beats["mean"] == pytest.approx((0.04 + 0.04 + 0.03) / 3) and beats["outcome"] == "holds"
+    matches = rows["DDPO-IS at least matches DDPO-SF"]
+    assert matches["mean"] == pytest.approx(-0.01, abs=1e-9) and matches["outcome"] == "holds"  # within noise: not worse
+    rows = {r["claim"]: r for r in verdicts(results(ddpo_is=[-1.30, -1.29, -1.31], rwr=[-1.24, -1.23, -1.24]))}
+    assert rows["DDPO beats RWR"]["outcome"] == "does not hold"
+    rows = {r["claim"]: r for r in verdicts(results(ddpo_is=[-1.20], rwr=[-1.24]))}
+    assert rows["DDPO beats RWR"]["outcome"] == "inconclusive"  # one seed: no interval over seeds
+
+
+def test_the_strategy_and_the_prompts_the_start_fails_are_measured():
+    start = {"eval_train_reward": -1.25, "eval_train_background_flat": 0.2}
+    rows = verdicts(results([-1.2, -1.2, -1.2], [-1.3, -1.3, -1.3], start=start, eval_train_background_flat=[0.5, 0.6, 0.7]))
+    flat = next(r for r in rows if r["claim"] == "compressibility finds flat backgrounds")
+    assert flat["mean"] == pytest.approx(0.4) and flat["outcome"] == "holds"
+    task = "DiffusionPromptAlignment-v0"
+    start = {"eval_train_reward": 0.75, "eval_train_rewards": [1.0, 0.5, 0.75, 1.0]}
+    ends = [[1.0, 0.75, 1.0, 0.75], [1.0, 1.0, 0.75, 1.0], [0.75, 0.75, 1.0, 1.0]]
+    rows = verdicts(results([0.8] * 3, [0.7] * 3, task=task, start=start, eval_train_rewards=ends))
+    failed = next(r for r in rows if r["claim"] == "alignment improves where the base model fails")
+    by_hand = [np.mean([0.75 - 0.5, 1.0 - 0.75]), np.mean([1.0 - 0.5, 0.75 - 0.75]), np.mean([0.75 - 0.5, 1.0 - 0.75])]  # prompts 1 and 2 start below 1
+    assert failed["mean"] == pytest.approx(np.mean(by_hand))
+    assert "| alignment improves where the base model fails | PromptAlignment |" in verdict_table(results([0.8] * 3, [0.7] * 3, task=task, start=start, eval_train_rewards=ends))
