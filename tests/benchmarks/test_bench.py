@@ -124,3 +124,16 @@ def test_the_committed_quick_table_starts_from_the_shipped_model(tmp_path):
         saved = committed["start"][task]
         np.testing.assert_allclose(fresh["eval_train_rewards"], saved["eval_train_rewards"], rtol=0, atol=0.01, err_msg=task)  # a pixel rounding the other way moves a JPEG by bytes
         assert fresh["eval_train_reward"] == pytest.approx(saved["eval_train_reward"], abs=1e-3)
+
+
+def test_two_workers_run_the_cells_side_by_side_to_the_same_results(tmp_path):
+    config = BenchConfig(
+        tasks=("DiffusionIncompressibility-v0",), algorithms=("ddpo-is", "rwr-exp"), seeds=(0,), budget=4, eval_every=1,
+        eval_prompts=4, held_out_prompts=None, train=TINY_TRAIN, output_dir=tmp_path / "one",
+    )  # fmt: skip
+    alone = run(config)
+    together = run(dataclasses.replace(config, workers=2, output_dir=tmp_path / "two"))
+    assert [(c["algorithm"], c["reward_queries"]) for c in together["cells"]] == [("ddpo-is", 4), ("rwr-exp", 4)]
+    for a, b in zip(alone["cells"], together["cells"]):  # one thread a worker: the kernels may round differently
+        assert b["evaluations"][-1]["eval_train_reward"] == pytest.approx(a["evaluations"][-1]["eval_train_reward"], abs=0.01)
+    assert (tmp_path / "two" / "table.md").is_file()
