@@ -93,8 +93,7 @@ class BenchConfig:
     output_dir: Path = Path("runs/bench")
     """Where everything goes."""
     workers: int = 1
-    """Processes that run cells side by side (each with its share of the CPU threads); 2 on 2
-    cores is faster than one process with 2 threads for the embedded model's small tensors."""
+    """Processes that run cells side by side, each with its share of the CPU threads."""
 
     def __post_init__(self) -> None:
         unknown = [a for a in self.algorithms if a not in ALGORITHMS and a not in VARIANTS]

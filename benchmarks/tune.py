@@ -45,6 +45,8 @@ class TuneConfig:
     """The one seed."""
     output_dir: Path = Path("runs/tune")
     """Where the grids and the table go."""
+    workers: int = 2
+    """Processes that run an algorithm's cells side by side (`diffusion-gym-bench --workers`)."""
 
 
 def preset_learning_rate(algorithm: str) -> tuple[str, float]:
@@ -62,6 +64,7 @@ def main(config: TuneConfig) -> dict:
             bench = BenchConfig(
                 tasks=config.tasks, algorithms=(algorithm,), seeds=(config.seed,), budget=config.budget, eval_every=config.eval_every,
                 eval_prompts=config.eval_prompts, held_out_prompts=None, train={key: value}, output_dir=config.output_dir / algorithm / f"lr-{value:g}",
+                workers=config.workers,
             )  # fmt: skip
             results = run(bench)
             gains = {c["task"]: c["evaluations"][-1]["eval_train_reward"] - results["start"][c["task"]]["eval_train_reward"] for c in results["cells"]}
