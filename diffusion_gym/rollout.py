@@ -106,7 +106,7 @@ def rollout(
     Args:
         envs: a diffusion-gym vector env (numpy or torch observations; torch copies nothing).
         policy: anything with `act(obs, generator) -> (action, log_prob)` (`DiffusionPolicy`).
-        num_batches: batches to run; None: 1, or as many as `prompts` fill.
+        num_batches: batches to run; None: 1, or as many as `prompts` fill (the only number they allow).
         prompts: fixed prompts, one episode each, in order (the last batch is filled up with its
             last prompt, then cut); None: the env draws them.
         seed: batch b resets the env with seed + b × num_envs (prompts and initial noise); None:
@@ -136,7 +136,10 @@ def rollout(
         prompts = list(prompts)
         if not prompts:
             raise ValueError("prompts is empty; give at least one prompt, or None to let the env draw them.")
-        num_batches = -(-len(prompts) // n) if num_batches is None else num_batches
+        needed = -(-len(prompts) // n)
+        if num_batches not in (None, needed):
+            raise ValueError(f"{len(prompts)} fixed prompts fill {needed} batches of {n}, not num_batches={num_batches}; leave num_batches out.")
+        num_batches = needed
     num_batches = 1 if num_batches is None else num_batches
     parts, pending = [], []
     with ThreadPoolExecutor(max_workers=1) if overlap_rewards else nullcontext() as pool:

@@ -305,3 +305,12 @@ def test_a_model_that_cannot_be_found_says_how_to_pass_a_folder():
 def test_bad_env_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_vec(**kwargs)
+
+
+def test_rollout_cuts_a_last_short_batch_of_fixed_prompts_and_refuses_a_wrong_batch_count():
+    envs = make_vec(num_envs=2, prompts=["a cat", "a dog", "a fox"])
+    policy = DiffusionPolicy.from_env(envs)
+    batch = rollout(envs, policy, prompts=["a fox", "a cat", "a dog"], seed=0, generator=torch.Generator().manual_seed(0))
+    assert batch.prompts == ["a fox", "a cat", "a dog"] and batch.samples.shape[:2] == (3, 4) and batch.rewards.shape == (3,)
+    with pytest.raises(ValueError, match="fill 2 batches"):
+        rollout(envs, policy, 3, prompts=["a fox", "a cat", "a dog"])
