@@ -7,8 +7,8 @@ preset's (one seed, a reduced budget, every task), and the table says which valu
 Every (algorithm, value) is a `diffusion-gym-bench` grid of its own (`runs/tune/ALGORITHM/lr-VALUE/`),
 so a re-run skips what finished and resumes what was killed. The pick is the value with the best
 mean rank over the tasks of the gain in evaluation reward over the starting model (training
-prompts, fixed prompts and noise); ties go to the preset's own value. Writes `tuning.md` and
-`tuning.json` into the output folder.
+prompts, fixed prompts and noise); ties go to the preset's own value, else to the smaller
+learning rate. Writes `tuning.md` and `tuning.json` into the output folder.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def main(config: TuneConfig) -> dict:
         ranks = np.mean([np.argsort(np.argsort([-r["gains"][t] for r in mine])) for t in config.tasks], axis=0)
         for r, rank in zip(mine, ranks):
             r["mean_rank"] = float(rank) + 1
-        best = min(mine, key=lambda r: (r["mean_rank"], not r["preset"]))
+        best = min(mine, key=lambda r: (r["mean_rank"], not r["preset"], r["value"]))
         picks[algorithm] = best["value"]
     lines = [
         f"Learning rates tried per algorithm (its preset's × {', '.join(f'{m:.3g}' for m in config.multiples)}), one seed, {config.budget} reward queries, "
