@@ -44,7 +44,7 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from benchmarks.verdict import verdict_table
+from benchmarks.verdict import mean_and_standard_error, verdict_table
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
@@ -354,8 +354,7 @@ def _versions() -> dict:
 def paired_difference(a: list[float], b: list[float]) -> tuple[float, float]:
     """mean(a − b) and its standard error, for two evaluations of the same prompts with the same
     noise (the evaluation's own noise: which prompts were drawn, and their noise)."""
-    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
-    return float(d.mean()), float(d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")
+    return mean_and_standard_error(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
 
 
 def against_noise(results: dict, rwr: str = "rwr-exp") -> list[str]:

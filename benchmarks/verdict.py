@@ -29,13 +29,20 @@ import numpy as np
 T_975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
+def mean_and_standard_error(values) -> tuple[float, float]:
+    """The mean of `values` and its standard error (nan below 2 values)."""
+    x = np.asarray(values, dtype=np.float64)
+    mean = float(x.mean()) if len(x) else float("nan")
+    return mean, float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
+
+
 def interval(values: list[float]) -> tuple[float, float, float]:
     """(mean, low, high): the 95 % t-interval of the mean of `values` (low = high = nan below 2 values)."""
-    x = np.asarray(values, dtype=np.float64)
-    if len(x) < 2:
-        return float(x.mean()) if len(x) else float("nan"), float("nan"), float("nan")
-    half = (T_975[len(x) - 2] if len(x) - 1 <= len(T_975) else 1.96) * x.std(ddof=1) / np.sqrt(len(x))
-    return float(x.mean()), float(x.mean() - half), float(x.mean() + half)
+    mean, standard_error = mean_and_standard_error(values)
+    if np.isnan(standard_error):
+        return mean, float("nan"), float("nan")
+    half = (T_975[len(values) - 2] if len(values) - 1 <= len(T_975) else 1.96) * standard_error
+    return mean, mean - half, mean + half
 
 
 def outcome(low: float, high: float, at_least: bool = False) -> str:

@@ -33,13 +33,15 @@ def check_images(images: np.ndarray) -> None:
         raise ValueError(f"Rewards take images as a (N, H, W, 3) uint8 numpy array, got {described.strip()}.")
 
 
-def check_image_list(images: np.ndarray | Sequence[np.ndarray]) -> None:
+def check_image_list(images: np.ndarray | Sequence[np.ndarray], prompts: Sequence[str] | None = None) -> None:
     """Raise ValueError unless `images` is a (N, H, W, 3) uint8 array or a list of (H, W, 3) uint8
-    arrays (which may differ in size)."""
+    arrays (which may differ in size), and, if `prompts` are given, one prompt per image."""
     if isinstance(images, np.ndarray):
         check_images(images)
-        return
-    for i, image in enumerate(images):
-        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
-            described = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
-            raise ValueError(f"Image {i} must be a (H, W, 3) uint8 numpy array, got {described.strip()}.")
+    else:
+        for i, image in enumerate(images):
+            if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+                described = f"{type(image).__name__} {getattr(image, 'dtype', '')} {getattr(image, 'shape', '')}"
+                raise ValueError(f"Image {i} must be a (H, W, 3) uint8 numpy array, got {described.strip()}.")
+    if prompts is not None and len(prompts) != len(images):
+        raise ValueError(f"Got {len(images)} images and {len(prompts)} prompts; give one prompt per image.")

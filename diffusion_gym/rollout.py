@@ -64,6 +64,17 @@ class Trajectories:
         step = torch.as_tensor(step, device=self.samples.device).expand(len(index))
         return self.samples[index, step + 1]
 
+    def __getitem__(self, index: slice) -> "Trajectories":
+        """The episodes `index` selects (a slice), every field alike."""
+        def part(value):
+            return None if value is None else value[index]
+
+        return Trajectories(
+            prompts=self.prompts[index], rewards=self.rewards[index], images=self.images[index],
+            reward_info={k: v[index] for k, v in self.reward_info.items()},
+            timesteps=part(self.timesteps), samples=part(self.samples), log_probs=part(self.log_probs),
+        )  # fmt: skip
+
     @staticmethod
     def cat(parts: list["Trajectories"]) -> "Trajectories":
         def joined(name: str) -> torch.Tensor | None:
@@ -97,6 +108,7 @@ def rollout(
     generator: torch.Generator | None = None,
     samples_per_prompt: int = 1,
     overlap_rewards: bool = False,
+    score: bool = True,
     keep_steps: bool = True,
     progress: str | None = None,
     on_step: Callable[[dict], None] | None = None,
@@ -117,6 +129,8 @@ def rollout(
         overlap_rewards: score each batch in a worker thread while the next one samples (the
             rewards are the same; worth it when the reward runs a large model). Torch releases
             the GIL in its kernels, so the two proceed together.
+        score: False: nothing is scored (rewards 0, the env's "defer_reward"), for a caller that
+            scores the images itself or needs only the images.
         keep_steps: keep every step's timestep, sample and log-prob (training needs them); False
             keeps prompts, images and rewards only.
         progress: a progress bar over batches with this label; None: none.
@@ -130,6 +144,8 @@ def rollout(
     n = envs.num_envs
     if samples_per_prompt < 1 or n % samples_per_prompt:
         raise ValueError(f"samples_per_prompt must divide num_envs = {n}, got {samples_per_prompt}.")
+    if overlap_rewards and not score:
+        raise ValueError("overlap_rewards scores in a worker thread; with score=False nothing is scored: give one or the other.")
     if prompts is not None:
         if samples_per_prompt > 1:
             raise ValueError("Give fixed prompts or samples_per_prompt > 1, not both.")
@@ -144,11 +160,9 @@ def rollout(
     parts, pending = [], []
     with ThreadPoolExecutor(max_workers=1) if overlap_rewards else nullcontext() as pool:
         for b in tqdm(range(num_batches), desc=progress, unit="batch", disable=progress is None):
-            options: dict[str, Any] = {"defer_reward": True} if overlap_rewards else {}
-            count = n
+            options: dict[str, Any] = {"defer_reward": True} if overlap_rewards or not score else {}
             if prompts is not None:
                 chunk = prompts[b * n : (b + 1) * n]
-                count = len(chunk)
                 options["prompts"] = chunk + [chunk[-1]] * (n - len(chunk))
             elif samples_per_prompt > 1:
                 options["samples_per_prompt"] = samples_per_prompt
@@ -174,30 +188,18 @@ def rollout(
             )
             if keep_steps:
                 part.timesteps, part.samples, part.log_probs = (_stack(values) for values in (timesteps, samples, log_probs))
-            parts.append(_cut(part, count) if count < n else part)
+            parts.append(part)
         for part, future in zip(parts, pending):  # overlap: the scores, once they are done
             rewards, reward_info = future.result()
-            rewards, reward_info = rewards[: len(part)], per_sample(reward_info, n)
             part.rewards = torch.as_tensor(rewards, dtype=torch.float32, device=part.rewards.device)
-            part.reward_info = {k: v[: len(part)] for k, v in reward_info.items()}
-    return Trajectories.cat(parts)
+            part.reward_info = per_sample(reward_info, n)
+    batch = Trajectories.cat(parts)
+    return batch if prompts is None else batch[: len(prompts)]  # the filling of a last, short batch goes
 
 
 def _stack(values: list) -> torch.Tensor:
     """A step's arrays (numpy or torch) stacked along a new step axis, (B, T, ...)."""
     return torch.stack([torch.as_tensor(v) for v in values], dim=1)
-
-
-def _cut(part: Trajectories, count: int) -> Trajectories:
-    """The first `count` episodes of a batch (the rest filled a last, short batch of fixed prompts)."""
-    def first(value):
-        return None if value is None else value[:count]
-
-    return Trajectories(
-        prompts=part.prompts[:count], rewards=part.rewards[:count], images=part.images[:count],
-        reward_info={k: v[:count] for k, v in part.reward_info.items()},
-        timesteps=first(part.timesteps), samples=first(part.samples), log_probs=first(part.log_probs),
-    )  # fmt: skip
 
 
 def per_sample(reward_info: dict, n: int) -> dict[str, np.ndarray]:

@@ -64,9 +64,10 @@ class EvalConfig:
 
 def sample(envs, policy: DiffusionPolicy, prompts: list[str], seed: int, desc: str = "sampling") -> np.ndarray:
     """One image per prompt, through the vector env in batches of `envs.num_envs`, (N, H, W, 3)
-    uint8; the same prompts and seed give the same images."""
+    uint8; the same prompts and seed give the same images. Not scored: callers score them as
+    they need (`envs.unwrapped.score`)."""
     generator = torch.Generator(policy.device).manual_seed(seed)
-    return rollout(envs, policy, prompts=prompts, seed=seed, generator=generator, keep_steps=False, progress=desc).images
+    return rollout(envs, policy, prompts=prompts, seed=seed, generator=generator, score=False, keep_steps=False, progress=desc).images
 
 
 def main(config: EvalConfig) -> dict:

@@ -125,9 +125,7 @@ class ImageRewardScorer:
     @torch.no_grad()
     def __call__(self, images: np.ndarray | Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
         """ImageReward scores, (N,) float64, of uint8 (H, W, 3) images of any sizes with their prompts."""
-        check_image_list(images)
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images and {len(prompts)} prompts; give one prompt per image.")
+        check_image_list(images, prompts)
         _, vision, text, mlp = self.parts
         scores = []
         for start in range(0, len(images), self.batch_size):

@@ -72,9 +72,7 @@ class CLIPTextImageScorer:
     @torch.no_grad()
     def cosine(self, images: np.ndarray | Sequence[np.ndarray], prompts: Sequence[str]) -> np.ndarray:
         """cos(image_i, prompt_i), (N,) float64, for uint8 (H, W, 3) images of any sizes."""
-        check_image_list(images)
-        if len(prompts) != len(images):
-            raise ValueError(f"Got {len(images)} images and {len(prompts)} prompts; give one prompt per image.")
+        check_image_list(images, prompts)
         _, model = self.parts
         out = []
         for start in range(0, len(images), self.batch_size):
