@@ -1,10 +1,7 @@
 """`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
 
-    diffusion-gym-bench quick                      # embedded model, 2 tasks × 4 algorithms, <= 10 min on 2 cores
-    diffusion-gym-bench agents                     # embedded model, compressibility, 4 algorithms, 30 min each (2 hours)
-    diffusion-gym-bench agents-20-steps            # DDPO-IS on compressibility at 20 sampler steps, 30 min on 2 cores
-    diffusion-gym-bench tasks                      # DDPO-IS on the aesthetic and alignment tasks, 30 min each, with their golds
-    diffusion-gym-bench cpu                        # embedded model, 3 offline tasks, 5 algorithms, 3 seeds (~100 min on 2 cores)
+    diffusion-gym-bench quick                      # embedded model, 3 tasks, DDPO-IS against RWR, <= 5 min on 2 cores
+    diffusion-gym-bench cpu                        # embedded model, 4 tasks × 5 algorithms × 3 seeds (about 70 min on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
 
@@ -15,7 +12,7 @@ records prompt faithfulness (the toy-world captioner's per-attribute accuracy ag
 prompt), so over-optimisation shows as a falling curve. Writes, in the output folder:
 
 - `results.json`: every evaluation point of every cell, the config, versions, wall times;
-- `table.md`: final reward (mean ± std over seeds) per task and algorithm, the starting model
+- `table.md`: final reward (mean and 95 % interval over seeds) per task and algorithm, the starting model
   first, and the generalisation table (gain on training prompts vs held-out prompts);
 - `curves.png`: reward (and faithfulness) against reward queries, a line per algorithm with a
   band over seeds, a panel per task;
@@ -44,7 +41,7 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from benchmarks.verdict import mean_and_standard_error, verdict_table
+from benchmarks.verdict import gold_gaps, interval, mean_and_standard_error, verdict_table
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
@@ -119,32 +116,11 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
             output_dir=Path("runs/bench-quick"),
         ),  # fmt: skip
     ),
-    "agents": (
-        "embedded model, compressibility, all four algorithms, 10,000 reward queries or 30 minutes each (the agents issue's comparison)",
-        BenchConfig(
-            tasks=("DiffusionCompressibility-v0",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
-            output_dir=Path("runs/bench-agents"),
-        ),  # fmt: skip
-    ),
-    "agents-20-steps": (
-        "embedded model, compressibility, DDPO-IS at the model's own 20 sampler steps with the last 2 untrained and each prompt normalised within its batch, 10,000 reward queries or 30 minutes (the agents issue's target run)",
-        BenchConfig(
-            tasks=("DiffusionCompressibility-v0",), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0, eval_every=10, eval_prompts=64,
-            preset_train={"num_inference_steps": 20, "ddpo.min_step_std_ratio": 0.1, "ddpo.per_prompt_buffer": 8}, output_dir=Path("runs/bench-agents-20-steps"),
-        ),  # fmt: skip
-    ),
-    "tasks": (
-        "embedded model, the aesthetic and prompt-alignment tasks, DDPO-IS, 10,000 reward queries or 30 minutes each: the reward and its gold reference as training goes on",
-        BenchConfig(
-            tasks=("DiffusionAesthetic-v0", "DiffusionPromptAlignment-v0"), algorithms=("ddpo-is",), budget=10_000, max_minutes=30.0,
-            eval_every=5, eval_prompts=64, output_dir=Path("runs/bench-tasks"),
-        ),  # fmt: skip
-    ),
     "cpu": (
-        "embedded model, the three offline tasks, all four algorithms and DDPO-IS with the KL penalty, 3 seeds, 640 reward queries: about 100 minutes on 2 cores",
+        "embedded model, the four tasks, the four algorithms and DDPO-IS with the KL penalty, 3 seeds, 384 reward queries, two processes: about 70 minutes on 2 cores",
         BenchConfig(
-            tasks=("DiffusionCompressibility-v0", "DiffusionIncompressibility-v0", "DiffusionPromptAlignment-v0"),
-            algorithms=(*ALGORITHMS, "ddpo-is-kl"), seeds=(0, 1, 2), budget=640, eval_every=2, eval_prompts=32,
+            tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0", "DiffusionPromptAlignment-v0"),
+            algorithms=(*ALGORITHMS, "ddpo-is-kl"), seeds=(0, 1, 2), budget=384, eval_every=2, eval_prompts=32, workers=2,
             output_dir=Path("runs/bench-cpu"),
         ),  # fmt: skip
     ),
@@ -335,6 +311,7 @@ def run(config: BenchConfig) -> dict:
     table = tables(results)
     (out / "table.md").write_text(table)
     plot_curves(results, out / "curves.png")
+    plot_reward_vs_gold(results, out / "reward_vs_gold.png")
     write_sample_grids(config, starts, out)
     print(table)
     return results
@@ -385,7 +362,7 @@ def against_noise(results: dict, rwr: str = "rwr-exp") -> list[str]:
 
 
 def tables(results: dict) -> str:
-    """table.md: final reward per task and algorithm (mean ± std over seeds), start first; DDPO
+    """table.md: final reward per task and algorithm (mean and 95 % t-interval over seeds), start first; DDPO
     against the evaluation noise; then the generalisation table and, on the embedded model,
     faithfulness."""
     cells, tasks = results["cells"], list(results["start"])
@@ -395,10 +372,14 @@ def tables(results: dict) -> str:
         return np.array([_final(c, split, metric) for c in cells if c["task"] == task and c["algorithm"] == algorithm])
 
     def fmt(v: np.ndarray) -> str:
-        return f"{v.mean():.4f} ± {v.std():.4f}" if len(v) > 1 else f"{v.mean():.4f}"
+        if len(v) < 2:
+            return f"{v.mean():.4f}"
+        mean, low, high = interval(v)
+        return f"{mean:.4f} [{low:.4f}, {high:.4f}]"
 
     seeds = len({c["seed"] for c in cells})
-    lines = [f"Final evaluation reward on the training prompts (mean ± std over {seeds} seed{'s' * (seeds > 1)}; fixed prompts and noise).\n"]
+    spread = f"mean and 95 % t-interval over {seeds} seeds" if seeds > 1 else "1 seed"
+    lines = [f"Final evaluation reward on the training prompts ({spread}; fixed prompts and noise).\n"]
     lines += ["| algorithm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
     lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_reward']:.4f}" for t in tasks) + " |")
     for a in algorithms:
@@ -423,6 +404,11 @@ def tables(results: dict) -> str:
         lines.append("| starting model | " + " | ".join(f"{results['start'][t]['eval_train_reward']:.4f} | {results['start'][t]['eval_train_gold']:.4f}" for t in gold_tasks) + " |")
         for a in algorithms:
             lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(f"{fmt(values(t, a, 'train'))} | {fmt(values(t, a, 'train', 'gold'))}" for t in gold_tasks) + " |")
+        lines += ["", "Reward against gold: the gain in reward minus the gain in gold since the start (what the reward claims beyond what it "
+                  "stands for; 0 = they moved together), at the end, training prompts (`reward_vs_gold.png` shows it as training goes on).\n"]
+        lines += ["| algorithm | " + " | ".join(gold_tasks) + " |", "|---" * (len(gold_tasks) + 1) + "|"]
+        for a in algorithms:
+            lines.append(f"| {ALGORITHM_NAMES.get(a, a)} | " + " | ".join(fmt(np.array(list(gold_gaps(results, t, a).values()))) for t in gold_tasks) + " |")
     if any("eval_train_faithfulness" in results["start"][t] for t in tasks):
         lines += ["", "Prompt faithfulness (captioner's per-attribute accuracy against the prompt, training prompts): start → end.\n"]
         lines += ["| algorithm | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
@@ -465,6 +451,48 @@ def plot_curves(results: dict, path: Path) -> None:
             ax.set_title(task.removeprefix("Diffusion").removesuffix("-v0") if row == 0 else "")
             ax.grid(alpha=0.3)
     axes[0, 0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_reward_vs_gold(results: dict, path: Path) -> None:
+    """For the tasks whose reward has a gold reference: per algorithm, the gain in reward (solid)
+    and in gold (dashed) since the start, and their gap (`benchmarks.verdict.gap`), against reward
+    queries; bands span the seeds. Nothing is written when no task has a gold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = [t for t in results["start"] if "eval_train_gold" in results["start"][t]]
+    if not tasks:
+        return
+    cells = results["cells"]
+    fig, axes = plt.subplots(2, len(tasks), figsize=(5 * len(tasks), 7.2), squeeze=False)
+    for column, task in enumerate(tasks):
+        start = results["start"][task]
+        for algorithm in dict.fromkeys(c["algorithm"] for c in cells if c["task"] == task):
+            runs = [c["evaluations"] for c in cells if c["task"] == task and c["algorithm"] == algorithm]
+            length = min(len(r) for r in runs)
+            x = np.array([runs[0][i]["reward_queries"] for i in range(length)])
+            reward = np.array([[r[i]["eval_train_reward"] - start["eval_train_reward"] for i in range(length)] for r in runs])
+            gold = np.array([[r[i]["eval_train_gold"] - start["eval_train_gold"] for i in range(length)] for r in runs])
+            name = ALGORITHM_NAMES.get(algorithm, algorithm)
+            line = axes[0, column].plot(x, reward.mean(axis=0), marker="o", markersize=3, label=f"{name}: reward")[0]
+            axes[0, column].plot(x, gold.mean(axis=0), linestyle="--", color=line.get_color(), label=f"{name}: gold")
+            axes[1, column].plot(x, (reward - gold).mean(axis=0), marker="o", markersize=3, color=line.get_color(), label=name)
+            if len(runs) > 1:
+                axes[1, column].fill_between(x, (reward - gold).min(axis=0), (reward - gold).max(axis=0), color=line.get_color(), alpha=0.2)
+        axes[0, column].set_title(task.removeprefix("Diffusion").removesuffix("-v0"))
+        axes[0, column].set_ylabel("gain since the start")
+        axes[1, column].set_ylabel("reward gain − gold gain")
+        axes[1, column].axhline(0, color="grey", linewidth=0.8)
+        for ax in axes[:, column]:
+            ax.set_xlabel("reward queries")
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    axes[1, 0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -15,6 +15,10 @@ is inconclusive (the per-prompt evaluation noise is in `table.md`).
 | incompressibility finds noise | the interval of DDPO-IS's change in the share of noisy backgrounds lies above 0 |
 | gains carry to held-out prompts | the interval of DDPO-IS's gain on held-out prompts lies above 0, on each task |
 | alignment improves where the base model fails | the interval of DDPO-IS's gain on the prompts the starting model gets below 1 (alignment) lies above 0 |
+| (not in the paper) the KL penalty keeps the reward closer to its gold | the interval of DDPO-IS's reward–gold gap minus DDPO-IS + KL's lies above 0, on each task with a gold |
+
+The reward–gold gap of a run (`gold_gaps`) is its gain in reward minus its gain in gold since the
+start: what the reward claims beyond what it stands for.
 """
 
 from __future__ import annotations
@@ -89,6 +93,20 @@ def _failed_prompt_gain(results: dict, task: str, algorithm: str) -> list[float]
     return gains
 
 
+def gap(evaluation: dict, start: dict, split: str = "train") -> float:
+    """Gain in reward minus gain in gold from `start` to `evaluation`."""
+    return (evaluation[f"eval_{split}_reward"] - start[f"eval_{split}_reward"]) - (evaluation[f"eval_{split}_gold"] - start[f"eval_{split}_gold"])
+
+
+def gold_gaps(results: dict, task: str, algorithm: str) -> dict[int, float]:
+    """{seed: the reward–gold gap at the end} for a task whose reward has a gold reference."""
+    start = results["start"][task]
+    if "eval_train_gold" not in start:
+        return {}
+    cells = (c for c in results["cells"] if c["task"] == task and c["algorithm"] == algorithm)
+    return {c["seed"]: gap(c["evaluations"][-1], start) for c in cells if "eval_train_gold" in c["evaluations"][-1]}
+
+
 def verdicts(results: dict) -> list[dict]:
     """One row per claim and task it applies to: claim, task, rule, n (seeds), mean, interval, outcome."""
     tasks, algorithms = list(results["start"]), {c["algorithm"] for c in results["cells"]}
@@ -113,6 +131,9 @@ def verdicts(results: dict) -> list[dict]:
         add("gains carry to held-out prompts", task, "DDPO-IS's gain on held-out prompts > 0", _gain(results, task, "ddpo-is", "eval_held_out_reward"))
         if task == "DiffusionPromptAlignment-v0":
             add("alignment improves where the base model fails", task, "DDPO-IS's gain on prompts the start scores < 1 > 0", _failed_prompt_gain(results, task, "ddpo-is"))
+        if "ddpo-is-kl" in algorithms:
+            plain, kl = gold_gaps(results, task, "ddpo-is"), gold_gaps(results, task, "ddpo-is-kl")
+            add("(not in the paper) the KL penalty keeps the reward closer to its gold", task, "reward–gold gap, DDPO-IS − DDPO-IS + KL > 0", [plain[s] - kl[s] for s in sorted(set(plain) & set(kl))])
     return rows
 
 

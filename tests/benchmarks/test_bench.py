@@ -3,16 +3,13 @@
 import dataclasses
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents.ddpo import DDPO
 from benchmarks.run import PRESETS, VARIANTS, BenchConfig, Evaluator, cell_config, run, tables
 from diffusion_gym import DiffusionPolicy
-from diffusion_gym.models import load_model
 from diffusion_gym.prompts import load_prompts
 from diffusion_gym.rewards import make_reward
 
@@ -62,7 +59,7 @@ def test_bad_grids_are_refused():
         BenchConfig(algorithms=("ppo",))
     with pytest.raises(ValueError, match="Unknown tasks"):
         BenchConfig(tasks=("DiffusionNope-v0",))
-    assert set(PRESETS) == {"quick", "agents", "agents-20-steps", "tasks", "cpu", "paper"}
+    assert set(PRESETS) == {"quick", "cpu", "paper"}
 
 
 def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
@@ -74,24 +71,6 @@ def test_a_variant_runs_its_algorithm_with_its_overrides_on_top_of_the_grids():
     assert kl.ddpo.clip_range == plain.ddpo.clip_range == 5e-3  # the grid's overrides reach the variant too
     assert dataclasses.replace(kl.ddpo, kl_coef=0.0) == plain.ddpo
     assert kl.output_dir.parts[-2:] == ("ddpo-is-kl", "seed1") and plain.output_dir.parts[-2:] == ("ddpo-is", "seed1")
-
-
-def test_the_20_step_preset_trains_ddpo_is_on_all_but_the_last_two_of_20_steps():
-    """`agents-20-steps`' docs promise that min_step_std_ratio 0.1 leaves exactly the last 2 of the
-    embedded model's 20 DDIM steps untrained (σ ratios 0.076 and 0.006, the one before 0.124)."""
-    config = PRESETS["agents-20-steps"][1]
-    cell = cell_config(config, "DiffusionCompressibility-v0", "ddpo-is", 0)
-    assert cell.num_inference_steps == 20 and cell.ddpo.min_step_std_ratio == 0.1 and cell.ddpo.estimator == "is"
-    assert cell.max_minutes == 30 and cell.max_reward_queries == 10_000 and cell.model == "embedded"
-    # and each prompt's advantages come from its own batch: the buffer holds exactly the samples a batch draws of it
-    assert cell.ddpo.per_prompt_buffer == cell.ddpo.per_prompt_min_count == cell.samples_per_prompt == 8
-    model = load_model("embedded", device="cpu")
-    policy = DiffusionPolicy(model, model.scheduler, cell.num_inference_steps)
-    relative = policy.sampler.relative_std(policy.sampler.timesteps)
-    assert relative[-3:].tolist() == pytest.approx([0.124, 0.076, 0.006], abs=1e-3)
-    policy.enable_lora(cell.lora_rank, target_modules=cell.lora_targets)
-    episode = SimpleNamespace(timesteps=policy.sampler.timesteps[None])  # all trainable_steps reads of a batch
-    assert DDPO(policy, cell.ddpo).trainable_steps(episode).tolist() == list(range(18))  # the agent's own rule
 
 
 def test_the_alignment_task_is_evaluated_on_its_held_out_paraphrases_with_its_gold(tmp_path):

@@ -57,3 +57,26 @@ def test_the_strategy_and_the_prompts_the_start_fails_are_measured():
     by_hand = [np.mean([0.75 - 0.5, 1.0 - 0.75]), np.mean([1.0 - 0.5, 0.75 - 0.75]), np.mean([0.75 - 0.5, 1.0 - 0.75])]  # prompts 1 and 2 start below 1
     assert failed["mean"] == pytest.approx(np.mean(by_hand))
     assert "| alignment improves where the base model fails | PromptAlignment |" in verdict_table(results([0.8] * 3, [0.7] * 3, task=task, start=start, eval_train_rewards=ends))
+
+
+def test_the_reward_gold_gap_and_the_kl_rule_against_hand_computed_values(tmp_path):
+    """Gap = gain in reward − gain in gold; the KL rule compares the two variants' gaps seed by seed."""
+    from benchmarks.run import plot_reward_vs_gold, tables
+    from benchmarks.verdict import gold_gaps
+
+    task = "DiffusionAesthetic-v0"
+    start = {"eval_train_reward": 2.0, "eval_train_gold": 1.5}
+    cells = [cell(task, "ddpo-is", s, eval_train_reward=3.0 + 0.1 * s, eval_train_gold=2.0) for s in range(3)]  # gaps 0.5, 0.6, 0.7
+    cells += [cell(task, "ddpo-is-kl", s, eval_train_reward=2.5, eval_train_gold=1.9 + 0.05 * s) for s in range(3)]  # gaps 0.1, 0.05, 0.0
+    for c in cells:
+        c["evaluations"][0].update(start)
+    grid = {"start": {task: start}, "cells": cells}
+    assert gold_gaps(grid, task, "ddpo-is") == pytest.approx({0: 0.5, 1: 0.6, 2: 0.7})
+    assert gold_gaps(grid, task, "ddpo-is-kl") == pytest.approx({0: 0.1, 1: 0.05, 2: 0.0})
+    kl = next(r for r in verdicts(grid) if r["claim"].endswith("keeps the reward closer to its gold"))
+    assert kl["mean"] == pytest.approx(np.mean([0.4, 0.55, 0.7])) and kl["n"] == 3 and kl["outcome"] == "holds"
+    assert "Reward against gold" in tables(grid) and "0.6000 [" in tables(grid)
+    plot_reward_vs_gold(grid, tmp_path / "gold.png")
+    assert (tmp_path / "gold.png").stat().st_size > 10_000
+    plot_reward_vs_gold({"start": {"DiffusionCompressibility-v0": {"eval_train_reward": -1.0}}, "cells": []}, tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()  # no task with a gold: no figure
