@@ -217,17 +217,22 @@ EMBEDDED_TEXT_PATH = ("add_embedding.pool.q_proj", "add_embedding.pool.k_proj", 
 EMBEDDED_LORA_TARGETS = (*DEFAULT_LORA_TARGETS, "conv1", "conv2", "time_emb_proj", "proj_in", "proj_out", "conv_in", "conv_out", *EMBEDDED_TEXT_PATH)
 
 
+# The embedded presets' learning rates: the picks of the tuning sweep that treats every algorithm
+# alike (`python -m benchmarks.tune`, table in benchmarks/results/tuning.md; a test holds them equal).
+EMBEDDED_LEARNING_RATES = {"ddpo-is": 1.5e-3, "ddpo-sf": 2e-3, "rwr-exp": 3.7e-6, "rwr-sparse": 1e-4}
+
+
 def embedded_preset(algorithm: str) -> TrainConfig:
     """The embedded model on 2 CPU cores: 10 steps without guidance (half the cost of guided
     sampling and training), LoRA rank 8 on attention and convolutions, 64 samples an epoch as
     8 prompts × 8 (per-prompt advantages from the first epoch), at most 10,000 reward queries
-    or 30 minutes.
+    or 30 minutes; the learning rate is the algorithm's in `EMBEDDED_LEARNING_RATES`.
 
     DDPO: IS makes 2 passes over each batch on half the steps (8 optimizer steps an epoch for
-    the cost of 4 full ones) at lr 5e-4, SF one step an epoch at lr 2e-3; steps with σ_t below a
-    fifth of the first step's are not trained on (at 10 steps the last two), and the clip range
-    is 1e-3. RWR: 4 updates of 32 an iteration at lr 1e-4, β = 10 (the paper's 0.2 is for
-    rewards in kB of 512×512 images, whose spread is far larger than a 32×32 image's)."""
+    the cost of 4 full ones), SF one step an epoch; steps with σ_t below a fifth of the first
+    step's are not trained on (at 10 steps the last two), and the clip range is 1e-3. RWR: 4
+    updates of 32 an iteration, β = 10 (the paper's 0.2 is for rewards in kB of 512×512
+    images, whose spread is far larger than a 32×32 image's)."""
     is_ddpo_is = algorithm == "ddpo-is"
     return TrainConfig(
         algorithm=algorithm,
@@ -243,10 +248,10 @@ def embedded_preset(algorithm: str) -> TrainConfig:
         lora_rank=8,
         lora_targets=EMBEDDED_LORA_TARGETS,
         ddpo=DDPOConfig(
-            learning_rate=5e-4 if is_ddpo_is else 2e-3, train_batch_size=16, num_inner_epochs=2 if is_ddpo_is else 1,
+            learning_rate=EMBEDDED_LEARNING_RATES["ddpo-sf" if algorithm == "ddpo-sf" else "ddpo-is"], train_batch_size=16, num_inner_epochs=2 if is_ddpo_is else 1,
             timestep_fraction=0.5 if is_ddpo_is else 1.0, clip_range=1e-3, min_step_std_ratio=0.2, per_prompt_min_count=8,
         ),  # fmt: skip
-        rwr=RWRConfig(beta=10.0, learning_rate=1e-4, train_batch_size=32, num_updates=4),
+        rwr=RWRConfig(beta=10.0, learning_rate=EMBEDDED_LEARNING_RATES["rwr-sparse" if algorithm == "rwr-sparse" else "rwr-exp"], train_batch_size=32, num_updates=4),
         output_dir=Path(f"runs/embedded-{algorithm}"),
     )
 
