@@ -9,7 +9,7 @@ is inconclusive (the per-prompt evaluation noise is in `table.md`).
 
 | claim (Black et al. 2023) | rule |
 |---|---|
-| DDPO beats RWR on a task | the interval of DDPO-IS − RWR at the end lies above 0 (holds), below 0 (does not hold) |
+| DDPO beats RWR on a task | the interval of DDPO-IS − RWR at the end lies above 0 (holds), at or below 0 (does not hold) |
 | DDPO-IS at least matches DDPO-SF | the interval of DDPO-IS − DDPO-SF does not lie wholly below 0 (holds), else does not hold; inconclusive with < 2 seeds |
 | compressibility finds flat backgrounds | the interval of DDPO-IS's change in the share of flat backgrounds (captioner) lies above 0 |
 | incompressibility finds noise | the interval of DDPO-IS's change in the share of noisy backgrounds lies above 0 |
@@ -50,11 +50,12 @@ def interval(values: list[float]) -> tuple[float, float, float]:
 
 
 def outcome(low: float, high: float, at_least: bool = False) -> str:
-    """"holds" when the interval lies above 0; "does not hold" when below; else "inconclusive"
-    (`at_least`: holds unless it lies wholly below 0)."""
+    """"holds" when the interval lies above 0; "does not hold" when it lies at or below 0 (no
+    value above 0 in it, e.g. a change that is exactly 0 for every seed); else "inconclusive".
+    `at_least`: holds unless the interval lies wholly below 0."""
     if np.isnan(low):
         return "inconclusive"
-    if high < 0:
+    if high < 0 or (high <= 0 and not at_least):
         return "does not hold"
     if low > 0 or at_least:
         return "holds"

@@ -27,6 +27,7 @@ def test_the_interval_is_students_t_over_seeds():
 @pytest.mark.parametrize("low, high, at_least, expected", [
     (0.01, 0.2, False, "holds"), (-0.2, -0.01, False, "does not hold"), (-0.1, 0.1, False, "inconclusive"),
     (-0.1, 0.1, True, "holds"), (-0.2, -0.01, True, "does not hold"), (float("nan"), float("nan"), True, "inconclusive"),
+    (0.0, 0.0, False, "does not hold"), (0.0, 0.0, True, "holds"),  # no change at all: not a gain, but a match
 ])  # fmt: skip
 def test_outcomes(low, high, at_least, expected):
     assert outcome(low, high, at_least) == expected
