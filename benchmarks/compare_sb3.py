@@ -1,8 +1,8 @@
 """stable-baselines3 PPO against our DDPO-IS on the same task: training reward per reward query.
 
-    python examples/sb3_ppo.py --rollouts 30 --output runs/sb3_ppo.jsonl
-    python -m benchmarks.compare_sb3 --sb3 runs/sb3_ppo.jsonl \
-        --ddpo runs/bench-agents/cells/DiffusionCompressibility-v0/ddpo-is/seed0/metrics.jsonl --output benchmarks/results/sb3_vs_ddpo.png
+    python examples/sb3_ppo.py --rollouts 72 --output runs/sb3_ppo.jsonl
+    diffusion-gym-train embedded-ddpo-is --env-id DiffusionCompressibility-v0 --max-reward-queries 4608 --output-dir runs/ddpo-is
+    python -m benchmarks.compare_sb3 --sb3 runs/sb3_ppo.jsonl --ddpo runs/ddpo-is/metrics.jsonl --output runs/sb3_vs_ddpo.png
 
 Both curves are the mean reward of the samples each algorithm trained on (on-policy), against
 the reward queries so far; a moving average over `--window` points smooths the prompt-to-prompt

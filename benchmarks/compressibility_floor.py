@@ -1,13 +1,13 @@
 """How far can compressibility go on the embedded model? Reference JPEG sizes to judge a run by.
 
-A policy trained for compressibility on the embedded model learns to draw a uniform image
-(`benchmarks/RESULTS.md`). What JPEG size is left then depends on the sampler's last steps:
+A policy trained for compressibility on the embedded model learns to draw a uniform image.
+What JPEG size is left then depends on the sampler's last steps:
 with `min_step_std_ratio` > 0 the near-deterministic last steps get no gradient, so they stay
 close to the starting model's, and they leave its denoising residue on the image. This script
 measures, on the benchmark's evaluation prompts:
 
 - `start`: the starting model's samples of those prompts with the benchmark's evaluation noise
-  (what `diffusion-gym-bench agents` reports as the start);
+  (what a `diffusion-gym-bench` grid reports as the start);
 - `ground truth`: the world's own renders of those prompts, and the same objects on flat
   backgrounds (the cleanest image that still shows the prompt's object);
 - `uniform`: a perfectly uniform image (the JPEG header and one flat block per 8×8 tile);
