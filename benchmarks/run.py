@@ -41,7 +41,7 @@ from tqdm import tqdm
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
 from agents.train import ALGORITHMS, TrainConfig, embedded_preset, paper_preset, train
-from benchmarks.verdict import gold_gaps, interval, mean_and_standard_error, verdict_table
+from benchmarks.verdict import gap, gold_gaps, interval, mean_and_standard_error, verdict_table
 from diffusion_gym.embedded import world
 from diffusion_gym.embedded.paraphrase import recall
 from diffusion_gym.images import prompt_grid
@@ -484,12 +484,13 @@ def plot_reward_vs_gold(results: dict, path: Path) -> None:
             x = np.array([runs[0][i]["reward_queries"] for i in range(length)])
             reward = np.array([[r[i]["eval_train_reward"] - start["eval_train_reward"] for i in range(length)] for r in runs])
             gold = np.array([[r[i]["eval_train_gold"] - start["eval_train_gold"] for i in range(length)] for r in runs])
+            gaps = np.array([[gap(r[i], start) for i in range(length)] for r in runs])
             name = ALGORITHM_NAMES.get(algorithm, algorithm)
             line = axes[0, column].plot(x, reward.mean(axis=0), marker="o", markersize=3, label=f"{name}: reward")[0]
             axes[0, column].plot(x, gold.mean(axis=0), linestyle="--", color=line.get_color(), label=f"{name}: gold")
-            axes[1, column].plot(x, (reward - gold).mean(axis=0), marker="o", markersize=3, color=line.get_color(), label=name)
+            axes[1, column].plot(x, gaps.mean(axis=0), marker="o", markersize=3, color=line.get_color(), label=name)
             if len(runs) > 1:
-                axes[1, column].fill_between(x, (reward - gold).min(axis=0), (reward - gold).max(axis=0), color=line.get_color(), alpha=0.2)
+                axes[1, column].fill_between(x, gaps.min(axis=0), gaps.max(axis=0), color=line.get_color(), alpha=0.2)
         axes[0, column].set_title(task.removeprefix("Diffusion").removesuffix("-v0"))
         axes[0, column].set_ylabel("gain since the start")
         axes[1, column].set_ylabel("reward gain − gold gain")

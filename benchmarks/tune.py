@@ -113,8 +113,12 @@ def main(config: TuneConfig) -> dict:
     rows, picks = [], {}
     for algorithm in config.algorithms:
         centre = config.centres[algorithm]
+
+        def measured(value: float) -> dict:
+            return recorded.get((algorithm, value)) or _measure(config, algorithm, value)
+
         powers = sorted(config.powers)
-        mine = [recorded.get((algorithm, rate(centre, p))) or _measure(config, algorithm, rate(centre, p)) for p in powers]
+        mine = [measured(rate(centre, p)) for p in powers]
         for _ in range(config.max_extensions):
             best, values = pick(mine, config.tasks, centre)["value"], [r["value"] for r in mine]
             if best == max(values):
@@ -125,7 +129,7 @@ def main(config: TuneConfig) -> dict:
                 new = rate(centre, powers[0])
             else:
                 break
-            mine.append(recorded.get((algorithm, new)) or _measure(config, algorithm, new))
+            mine.append(measured(new))
         mine.sort(key=lambda r: r["value"])
         picks[algorithm] = pick(mine, config.tasks, centre)["value"]
         rows += [{**r, "centre": r["value"] == centre} for r in mine]
