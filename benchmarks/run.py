@@ -122,10 +122,10 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         ),  # fmt: skip
     ),
     "cpu": (
-        "embedded model, the four tasks, the four algorithms and DDPO-IS with the KL penalty, 3 seeds, 384 reward queries, two processes: about 70 minutes on 2 cores",
+        "embedded model, the four tasks, the four algorithms and DDPO-IS with the KL penalty, 3 seeds, 640 reward queries (the sweep's budget), two processes: about 2 hours on 2 cores",
         BenchConfig(
             tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0", "DiffusionPromptAlignment-v0"),
-            algorithms=(*ALGORITHMS, "ddpo-is-kl"), seeds=(0, 1, 2), budget=384, eval_every=2, eval_prompts=32, workers=2,
+            algorithms=(*ALGORITHMS, "ddpo-is-kl"), seeds=(0, 1, 2), budget=640, eval_every=2, eval_prompts=32, workers=2,
             output_dir=Path("runs/bench-cpu"),
         ),  # fmt: skip
     ),
