@@ -133,3 +133,57 @@ def test_steps_below_min_step_std_ratio_are_not_trained_on():
     assert not torch.equal(parameters_after_update(0.0, batch), parameters_after_update(0.0, corrupted))
     with pytest.raises(ValueError, match="min_step_std_ratio must be in"):
         DDPO(policy, DDPOConfig(min_step_std_ratio=1.5))
+
+
+def test_the_first_ratio_is_one_whatever_the_minibatch():
+    """Recomputed in training, before any update, every step's log-prob is the one recorded in
+    sampling: exactly for a minibatch of the sampling batch's shape, and within a few float32
+    roundings of the summed log-prob (1e-6 nats a dimension) for minibatches of 4, 2 and 1, whose
+    kernels sum in another order. So the importance ratio starts at 1 (the check Flow-GRPO's and
+    DanceGRPO's users ask for) and the default per-dimension log-probs (`log_prob_reduce="mean"`)
+    clip nothing at a clip range of 1e-4."""
+    envs, policy = make(num_envs=8)
+    envs.reset(seed=0)
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+    dims = batch.samples[0, 0].numel()
+    for size in (8, 4, 2, 1):
+        for start in range(0, 8, size):
+            index = torch.arange(start, start + size)
+            for step in range(batch.num_steps):
+                steps = torch.full((size,), step)
+                with torch.no_grad():
+                    log_prob = policy(batch.observation(index, steps), action=batch.action(index, steps)).log_prob
+                recorded = batch.log_probs[index, steps]
+                if size == 8:
+                    assert torch.equal(log_prob, recorded)
+                assert float((log_prob - recorded).abs().max()) / dims <= 1e-6
+
+
+def test_an_update_does_not_depend_on_the_minibatch_size():
+    """One DDPO-IS epoch as one minibatch of 8, or as 2 × 4 or 8 × 1 with gradient accumulation:
+    the same gradient reaches the optimizer (to float rounding), since each minibatch's loss is
+    weighted by its share of the accumulated batch."""
+    envs, policy = make(num_envs=8)
+    envs.reset(seed=0)
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+    start = {k: v.clone() for k, v in policy.unet.state_dict().items()}
+
+    def gradients(train_batch_size, accumulation):
+        config = DDPOConfig(
+            learning_rate=1e-3, train_batch_size=train_batch_size, gradient_accumulation_steps=accumulation,
+            clip_range=0.2, per_prompt_min_count=4,
+        )  # fmt: skip
+        agent, seen = DDPO(policy, config, generator=torch.Generator().manual_seed(0)), []
+        step = agent._step
+        agent._step = lambda: seen.append(torch.cat([p.grad.flatten().clone() for p in policy.trainable_parameters()])) or step()
+        agent.update(batch)
+        policy.unet.load_state_dict(start)
+        return seen
+
+    (whole,) = gradients(8, 1)
+    assert whole.norm() > 0
+    for size, accumulation in ((4, 2), (1, 8)):
+        (accumulated,) = gradients(size, accumulation)
+        assert (accumulated - whole).norm() <= 1e-4 * whole.norm()  # float32 sums in another order
+    first, _ = gradients(4, 1)  # two optimizer steps of half the batch each: not the same update
+    assert (first - whole).norm() > 0.1 * whole.norm()
