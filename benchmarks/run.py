@@ -111,7 +111,7 @@ PRESETS: dict[str, tuple[str, BenchConfig]] = {
         "embedded model, the aesthetic, compressibility and incompressibility tasks, DDPO-IS against RWR, one seed: about 5 minutes on 2 cores",
         BenchConfig(
             tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0"), algorithms=("ddpo-is", "rwr-exp"),
-            budget=384, eval_every=6, eval_prompts=64,
+            budget=384, eval_every=6, eval_prompts=64, held_out_prompts=None, workers=2,  # generalisation is the cpu grid's
             preset_train={
                 "num_envs": 16, "batches_per_epoch": 2, "samples_per_prompt": 4, "num_inference_steps": 5, "ddpo.per_prompt_min_count": 4,
                 # 5 steps and 32-sample epochs are not the regime the sweep tuned (10 steps, 64): quick
