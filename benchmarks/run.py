@@ -1,7 +1,7 @@
 """`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
 
-    diffusion-gym-bench quick                      # embedded model, 3 tasks, DDPO-IS against RWR, about 5 min on 2 cores
-    diffusion-gym-bench cpu                        # embedded model, 4 tasks × 5 algorithms × 3 seeds (about 70 min on 2 cores)
+    diffusion-gym-bench quick                      # embedded model, 3 tasks, DDPO-IS against RWR, about 4 min on 2 cores
+    diffusion-gym-bench cpu                        # embedded model, 4 tasks × 5 algorithms × 3 seeds (about 2 h 20 min on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
 
@@ -108,7 +108,7 @@ class BenchConfig:
 
 PRESETS: dict[str, tuple[str, BenchConfig]] = {
     "quick": (
-        "embedded model, the aesthetic, compressibility and incompressibility tasks, DDPO-IS against RWR, one seed: about 5 minutes on 2 cores",
+        "embedded model, the aesthetic, compressibility and incompressibility tasks, DDPO-IS against RWR, one seed, two processes: about 4 minutes on 2 cores",
         BenchConfig(
             tasks=("DiffusionAesthetic-v0", "DiffusionCompressibility-v0", "DiffusionIncompressibility-v0"), algorithms=("ddpo-is", "rwr-exp"),
             budget=384, eval_every=6, eval_prompts=64, held_out_prompts=None, workers=2,  # generalisation is the cpu grid's
