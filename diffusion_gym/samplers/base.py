@@ -64,6 +64,34 @@ class SamplerStep:
     pred_original_sample: torch.Tensor
 
 
+def sample_or_score(
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    prev_sample: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    reduce: Reduce = "sum",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A step's action and its log-prob: x' = mean + std · noise (noise drawn if not given), or
+    the given `prev_sample` to score. `std` is (B, 1, ..., 1). Where it is 0 the step is
+    deterministic and has no density: its log-prob is NaN, so that nothing trains on it unnoticed.
+
+    Returns:
+        (x', log_prob): float32, like `mean`, and (B,).
+    """
+    if prev_sample is not None and noise is not None:
+        raise ValueError("Pass prev_sample (to score it) or noise (to sample with it), not both.")
+    if prev_sample is None:
+        if noise is None:
+            noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        prev_sample = mean + std * noise
+    else:
+        prev_sample = prev_sample.float()
+    log_prob = gaussian_log_prob(prev_sample, mean, torch.where(std > 0, std, torch.ones_like(std)), reduce=reduce)
+    has_density = (std > 0).reshape(std.shape[0])
+    return prev_sample, torch.where(has_density, log_prob, torch.full_like(log_prob, float("nan")))
+
+
 def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, reduce: Reduce = "sum") -> torch.Tensor:
     """KL(N(mean_p, std² I) ‖ N(mean_q, std² I)) = ‖mean_p − mean_q‖² / (2 std²), one value per sample.
 

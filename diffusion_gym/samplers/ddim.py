@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffusion_gym.samplers.base import Reduce, SamplerStep, gaussian_log_prob
+from diffusion_gym.samplers.base import Reduce, SamplerStep, sample_or_score
 
 
 def ddim_scheduler(scheduler: SchedulerMixin, num_inference_steps: int) -> DDIMScheduler:
@@ -126,8 +126,6 @@ class DDIMSampler:
             generator: torch generator for the noise when `noise` is None.
             reduce: "sum" (exact) or "mean" over dimensions for the log-prob.
         """
-        if prev_sample is not None and noise is not None:
-            raise ValueError("Pass prev_sample (to score it) or noise (to sample with it), not both.")
         batch = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device).long()
         if timestep.ndim == 0:
@@ -165,13 +163,7 @@ class DDIMSampler:
         mean = alpha_prod_prev**0.5 * pred_original_sample + direction_scale * pred_epsilon
 
         # 4. sample x_{t-1} = mean + σ_t z, or score the given one
-        if prev_sample is None:
-            if noise is None:
-                noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-            prev_sample = mean + std * noise
-        else:
-            prev_sample = prev_sample.float()
-        log_prob = gaussian_log_prob(prev_sample, mean, std, reduce=reduce)
+        prev_sample, log_prob = sample_or_score(mean, std, prev_sample, noise, generator, reduce)
         return SamplerStep(
             prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob, pred_original_sample=pred_original_sample
         )

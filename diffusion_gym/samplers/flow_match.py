@@ -24,7 +24,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffusion_gym.samplers.base import Reduce, SamplerStep, gaussian_log_prob
+from diffusion_gym.samplers.base import Reduce, SamplerStep, sample_or_score
 
 
 def flow_match_scheduler(scheduler: SchedulerMixin, num_inference_steps: int, mu: float | None = None) -> FlowMatchEulerDiscreteScheduler:
@@ -181,8 +181,6 @@ class FlowMatchSampler:
             `SamplerStep`; where the step is an ODE step, std is 0, prev_sample the ODE step (F3)
             and log_prob NaN.
         """
-        if prev_sample is not None and noise is not None:
-            raise ValueError("Pass prev_sample (to score it) or noise (to sample with it), not both.")
         batch = sample.shape[0]
         index = self.step_index(timestep).to(sample.device)
         if index.shape[0] == 1:
@@ -199,13 +197,5 @@ class FlowMatchSampler:
         mean = self._mean(sample, velocity, sigma, sigma_next, std)
         mean = torch.where(window.view(view), mean, sample + (sigma_next - sigma) * velocity)  # (F3) outside the window
 
-        if prev_sample is None:
-            if noise is None:
-                noise = torch.randn(sample.shape, generator=generator, device=sample.device, dtype=torch.float32)
-            prev_sample = mean + std * noise
-        else:
-            prev_sample = prev_sample.float()
-        has_density = std.view(batch) > 0
-        log_prob = gaussian_log_prob(prev_sample, mean, torch.where(std > 0, std, torch.ones_like(std)), reduce=reduce)
-        log_prob = torch.where(has_density, log_prob, torch.full_like(log_prob, float("nan")))
+        prev_sample, log_prob = sample_or_score(mean, std, prev_sample, noise, generator, reduce)
         return SamplerStep(prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob, pred_original_sample=sample - sigma * velocity)
