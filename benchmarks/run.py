@@ -1,7 +1,7 @@
 """`diffusion-gym-bench`: the paper's comparison as a grid of (task × algorithm × seed) runs.
 
     diffusion-gym-bench quick                      # embedded model, 3 tasks, DDPO-IS against RWR, about 4 min on 2 cores
-    diffusion-gym-bench cpu                        # embedded model, 4 tasks × 5 algorithms × 3 seeds (about 2 h 20 min on 2 cores)
+    diffusion-gym-bench cpu                        # embedded model, 4 tasks × 5 algorithms × 3 seeds (about 2 hours on 2 cores)
     diffusion-gym-bench paper                      # Stable Diffusion v1.4, the paper's settings (GPUs)
     diffusion-gym-bench quick --budget 320 --output-dir runs/bench-try
 
