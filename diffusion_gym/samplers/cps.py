@@ -55,7 +55,7 @@ class CPSSampler(FlowMatchSampler):
     def _std(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         return sigma_next * math.sin(self.noise_level * math.pi / 2)  # (C1)
 
-    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         pred_original = sample - sigma * velocity  # x̂_0 (F2)
         pred_noise = sample + (1 - sigma) * velocity  # x̂_1 (F2)
         return (1 - sigma_next) * pred_original + sigma_next * math.cos(self.noise_level * math.pi / 2) * pred_noise  # (C2)

@@ -18,6 +18,7 @@ trajectory and train only there.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
@@ -55,8 +56,8 @@ def flow_match_scheduler(scheduler: SchedulerMixin, num_inference_steps: int, mu
     return scheduler
 
 
-class FlowMatchSampler:
-    """The skeleton of a flow-matching step as a Gaussian policy; a subclass gives `_mean_std`.
+class FlowMatchSampler(ABC):
+    """The skeleton of a flow-matching step as a Gaussian policy; a subclass gives `_std` and `_mean`.
 
     Args:
         scheduler: the model's scheduler (a FlowMatch* scheduler; `flow_match_scheduler`).
@@ -146,11 +147,13 @@ class FlowMatchSampler:
         return std / largest.to(std.device) if float(largest) > 0 else torch.zeros_like(std)
 
     # ---------------------------------------------------------------- a subclass's
+    @abstractmethod
     def _std(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The step's std from σ to σ', shaped like σ."""
 
-    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    @abstractmethod
+    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
+        """The step's mean from x_σ and the velocity, shaped like `sample`."""
 
     # ---------------------------------------------------------------- the step
     def step(
@@ -194,8 +197,9 @@ class FlowMatchSampler:
 
         window = self.in_window(index) if stochastic is None else torch.as_tensor(stochastic, dtype=torch.bool, device=sample.device).expand(batch)
         std = torch.where(window.view(view), self._std(sigma, sigma_next), torch.zeros_like(sigma))
-        mean = self._mean(sample, velocity, sigma, sigma_next, std)
-        mean = torch.where(window.view(view), mean, sample + (sigma_next - sigma) * velocity)  # (F3) outside the window
+        mean = self._mean(sample, velocity, sigma, sigma_next)
+        if stochastic is not None or self.sde_window is not None:  # some samples may step outside the window: (F3) there
+            mean = torch.where(window.view(view), mean, sample + (sigma_next - sigma) * velocity)
 
         prev_sample, log_prob = sample_or_score(mean, std, prev_sample, noise, generator, reduce)
         return SamplerStep(prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob, pred_original_sample=sample - sigma * velocity)

@@ -76,6 +76,6 @@ class FlowSDESampler(FlowMatchSampler):
     def _std(self, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         return self.diffusion_coefficient(sigma) * (sigma - sigma_next) ** 0.5  # (S3)
 
-    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    def _mean(self, sample: torch.Tensor, velocity: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
         g = self.diffusion_coefficient(sigma)
         return sample + (velocity + g**2 / (2 * sigma) * (sample + (1 - sigma) * velocity)) * (sigma_next - sigma)  # (S3)
