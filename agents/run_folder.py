@@ -28,11 +28,12 @@ import torch
 CHECKPOINT, PREVIOUS, TEMPORARY, DAMAGED = "checkpoint.pt", "checkpoint.prev.pt", "checkpoint.tmp", "checkpoint.damaged.pt"
 # Everything a run writes in its folder; --overwrite deletes these and nothing else.
 RUN_FILES = ("config.json", "metrics.jsonl", "resumes.jsonl", CHECKPOINT, PREVIOUS, TEMPORARY, DAMAGED, "tensorboard", "final")
-# Settings a resumed run may change: its budget, its logging, where its folder is. Any other
-# setting defines the run.
+# Settings a resumed run may change: its budget, its logging, where its folder is, how the UNet's
+# passes run (float rounding aside, not what they compute). Any other setting defines the run.
 MAY_CHANGE = frozenset(
-    {"epochs", "max_reward_queries", "max_minutes", "save_every", "images_every", "tensorboard", "progress", "overlap_rewards", "output_dir", "overwrite"}
-)
+    {"epochs", "max_reward_queries", "max_minutes", "save_every", "images_every", "tensorboard", "progress", "overlap_rewards", "output_dir", "overwrite",
+     "compile", "channels_last"}
+)  # fmt: skip
 _CHECKPOINT_KEYS = {"trainable", "agent", "env_rng", "sampling_rng", "epoch", "queries", "history", "seconds"}
 
 

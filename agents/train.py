@@ -101,6 +101,13 @@ class TrainConfig:
     """"auto", "cpu" or "cuda" (with several processes, each its own GPU)."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """dtype of the frozen networks."""
+    compile: bool = False
+    """torch.compile the UNet: the first sampling and the first training pass each compile a graph
+    (tens of seconds on a CPU, cached on disk for later runs), then every pass is cheaper where
+    per-operation overhead dominates (small UNets); it pays back on long runs. Off: eager PyTorch
+    (`benchmarks/vs_reference.py` measures both)."""
+    channels_last: bool = False
+    """Keep the UNet's convolution weights channels-last (a GPU half-precision lever; no gain measured on the CPU)."""
     output_dir: Path = Path("runs/train")
     """The run folder: config, metrics, TensorBoard, checkpoint, final weights."""
     overwrite: bool = False
@@ -312,6 +319,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
         policy.enable_lora(rank=config.lora_rank, target_modules=config.lora_targets, seed=config.seed)  # the same adapters on every process
     else:
         policy.enable_full_finetuning(keep_reference=config.ddpo.kl_coef > 0)
+    policy.optimize(compile=config.compile, channels_last=config.channels_last)
     process_seed = config.seed + 1000 * rank()
     agent_generator = torch.Generator().manual_seed(process_seed)
     agent = DDPO(policy, config.ddpo, agent_generator) if config.algorithm.startswith("ddpo") else RWR(policy, config.rwr, agent_generator)

@@ -59,12 +59,16 @@ class VsReferenceConfig:
     train_batch_size: int = 8
     threads: int = 2
     """torch threads in each process."""
+    compile: bool = False
+    """Ours: torch.compile the UNet (`DiffusionPolicy.optimize`); its compilation falls in our first epoch."""
+    channels_last: bool = False
+    """Ours: channels-last UNet weights (`DiffusionPolicy.optimize`)."""
     unet_baseline: bool = True
     """Also time the epoch's UNet passes alone (epoch ÷ UNet); costs about an epoch."""
     trl_path: Path = ROOT / "benchmarks" / ".trl"
     """Where trl 0.23.1 was installed (`pip install --target ... --no-deps trl==0.23.1`)."""
-    output: Path | None = ROOT / "benchmarks" / "results" / "vs_reference_{model}_{device}_{mode}.json"
-    """Where the results go ({model}, {device} and {mode} are filled in); None: print only."""
+    output: Path | None = ROOT / "benchmarks" / "results" / "vs_reference_{model}_{device}_{mode}{levers}.json"
+    """Where the results go ({model}, {device}, {mode} and {levers}, e.g. "_compile", are filled in); None: print only."""
     side: Literal["both", "ours", "trl"] = "both"
     """Internal: a worker process runs one side."""
     folder: Path | None = None
@@ -204,6 +208,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale, eta=1.0)
     policy.enable_lora(rank=4, target_modules=("to_q", "to_k", "to_v", "to_out.0"))  # trl's adapters (its rank is fixed)
+    policy.optimize(compile=config.compile, channels_last=config.channels_last)
     agent = DDPO(
         policy, DDPOConfig(estimator="is", log_prob_reduce="mean", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
         torch.Generator().manual_seed(0),
@@ -294,7 +299,28 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _levers(config: VsReferenceConfig) -> str:
+    """"_compile", "_channels_last", both, or "" (eager, contiguous): our settings beyond trl's."""
+    return "".join(f"_{name}" for name in ("compile", "channels_last") if getattr(config, name))
+
+
+def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
+    """(setting, ours, trl's) for the printed comparison."""
+    precision = "bf16 weights, bf16 autocast in training" if config.mode == "bf16" else "fp32"
+    ours_unet = ", ".join(label for label, on in (("torch.compile", config.compile), ("channels-last", config.channels_last)) if on) or "eager"
+    same = [
+        ("model", f"random {config.model} pipeline, one saved folder"), ("fine-tuning", "LoRA rank 4 on to_q/to_k/to_v/to_out.0"),
+        ("sampler", f"DDIM, {config.num_inference_steps} steps, eta 1"), ("guidance", f"{config.guidance_scale:g}, sampling and training"),
+        ("samples an epoch", f"{config.batches_per_epoch} batches of {config.sample_batch_size}"),
+        ("training", f"DDPO-IS, batch {config.train_batch_size}, 1 inner epoch, every timestep, clip 1e-4"),
+        ("reward", "JPEG compressibility"), ("epochs a run", str(config.epochs)), ("device, threads", f"{config.device}, {config.threads}"),
+        ("precision", precision),
+    ]  # fmt: skip
+    return [(name, value, value) for name, value in same] + [("UNet passes", ours_unet, "eager")]
+
+
 def compare(config: VsReferenceConfig) -> dict:
+    print("| setting | ours | trl 0.23.1 |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in settings_table(config)), flush=True)
     if not (config.trl_path / "trl").is_dir():
         raise SystemExit(f"trl is not at {config.trl_path}; install it there with `pip install --target {config.trl_path} --no-deps trl==0.23.1`.")
     from diffusion_gym.models import build_tiny_random
@@ -332,6 +358,7 @@ def compare(config: VsReferenceConfig) -> dict:
     pairs = list(zip(results["ours"], results["trl"]))
     summary = {
         "config": {k: str(v) for k, v in asdict(config).items() if k not in ("side", "folder")},
+        "settings": settings_table(config),
         "ratio_all_epochs": _summary([rate(o, False) / rate(t, False) for o, t in pairs]),
         "ratio_after_first_epoch": _summary([rate(o, True) / rate(t, True) for o, t in pairs]),
         **{f"{side}_{key}": _summary([r[key] for r in rs]) for side, rs in results.items() for key in ("startup_s", "epoch_over_unet", "peak_rss_mib") if rs[0][key] is not None},
@@ -343,13 +370,13 @@ def compare(config: VsReferenceConfig) -> dict:
     r = summary["ratio_all_epochs"]
     overhead = f"; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, trl {summary['trl_epoch_over_unet']['median']:.3f}" if config.unet_baseline else ""
     phases = "; ".join(f"{phase} images/s ours {summary[f'ours_{phase}_images_per_s']['median']:.2f}, trl {summary[f'trl_{phase}_images_per_s']['median']:.2f}" for phase in ("sampling", "training"))
-    print(f"{config.model} {config.mode}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
+    print(f"{config.model} {config.mode}{_levers(config).replace('_', ' + ')}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
           f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}{overhead}; {phases}; "
           f"peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
     if "ours_gpu_peak_sampling_mib" in summary:
         print("GPU peak MiB, sampling / training: " + ", ".join(f"{side} {summary[f'{side}_gpu_peak_sampling_mib']['median']:.0f} / {summary[f'{side}_gpu_peak_training_mib']['median']:.0f}" for side in ("ours", "trl")))
     if config.output is not None:
-        path = Path(str(config.output).format(model=config.model, device=config.device.split(":")[0], mode=config.mode))
+        path = Path(str(config.output).format(model=config.model, device=config.device.split(":")[0], mode=config.mode, levers=_levers(config)))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary

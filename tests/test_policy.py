@@ -186,3 +186,42 @@ def test_lora_adapters_depend_only_on_the_seed():
 
     assert torch.equal(adapters(0), adapters(0))
     assert not torch.equal(adapters(0), adapters(1))
+
+
+@pytest.mark.parametrize("levers", [{"channels_last": True}, {"compile": True, "compile_backend": "aot_eager"}], ids=["channels_last", "compile"])
+def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
+    """`optimize` changes how the UNet runs, not what it computes. A fixed-seed rollout with the
+    lever gives the eager policy's samples and log-probs within float32 rounding (1e-5 of the
+    largest sample value, 5e-6 nats a dimension) and its JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level
+    may change the file by a few bytes); recomputed with gradients, as DDPO trains, before any
+    update, the log-probs give every importance ratio 1 to within 1e-6 a dimension, so a clip
+    range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager"; inductor's
+    kernels are timed in benchmarks/vs_reference.py."""
+    import gymnasium as gym
+
+    from diffusion_gym.rollout import rollout
+
+    def run(**options):
+        envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", array_type="torch")
+        policy = DiffusionPolicy.from_env(envs)
+        policy.enable_lora(rank=4)
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            for p in policy.trainable_parameters():  # adapters away from zero, so their path counts
+                p.normal_(0, 0.05)
+        policy.optimize(**options)
+        envs.reset(seed=0)
+        return policy, rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+
+    _, eager = run()
+    policy, batch = run(**levers)
+    dims = batch.samples[0, 0].numel()
+    assert (batch.samples - eager.samples).abs().max() <= 1e-5 * eager.samples.abs().max()
+    assert float((batch.log_probs - eager.log_probs).abs().max()) / dims <= 5e-6
+    assert np.abs(batch.rewards.numpy() - eager.rewards.numpy()).max() <= 0.01
+    index = torch.arange(4)
+    for step in range(batch.num_steps):
+        steps = torch.full((4,), step)
+        log_prob = policy(batch.observation(index, steps), action=batch.action(index, steps)).log_prob
+        assert log_prob.requires_grad
+        assert float((log_prob.detach() - batch.log_probs[index, steps]).abs().max()) / dims <= 1e-6
