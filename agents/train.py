@@ -102,12 +102,14 @@ class TrainConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """dtype of the frozen networks."""
     compile: bool = False
-    """torch.compile the UNet: the first sampling and the first training pass each compile a graph
-    (tens of seconds on a CPU, cached on disk for later runs), then every pass is cheaper where
-    per-operation overhead dominates (small UNets); it pays back on long runs. Off: eager PyTorch
-    (`benchmarks/vs_reference.py` measures both)."""
+    """torch.compile the UNet (how its passes run, not what they compute). The first sampling and
+    the first training pass each compile a graph (a minute or more on a CPU; inductor's on-disk
+    cache serves later runs), after which passes dominated by per-operation overhead (small UNets)
+    are cheaper: it can pay back only over many epochs. Off by default: no faster epoch on the
+    embedded model (benchmarks/README.md, "Overheads"; `benchmarks/vs_reference.py --compile`)."""
     channels_last: bool = False
-    """Keep the UNet's convolution weights channels-last (a GPU half-precision lever; no gain measured on the CPU)."""
+    """Keep the UNet's convolution weights channels-last, the layout GPU convolutions in half
+    precision prefer. Off by default: no faster epoch on the CPU (benchmarks/README.md)."""
     output_dir: Path = Path("runs/train")
     """The run folder: config, metrics, TensorBoard, checkpoint, final weights."""
     overwrite: bool = False

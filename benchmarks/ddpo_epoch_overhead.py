@@ -4,6 +4,7 @@ the same shapes with nothing around them. Prints the ratio epoch / isolated (tar
 
     python -m benchmarks.ddpo_epoch_overhead                    # the embedded model on the CPU
     python -m benchmarks.ddpo_epoch_overhead --model tiny-random --num-inference-steps 20
+    python -m benchmarks.ddpo_epoch_overhead --channels-last      # or --compile: the epoch with a lever
 """
 
 from __future__ import annotations
@@ -43,6 +44,10 @@ class EpochOverheadConfig:
     """DDPO estimator."""
     repeats: int = 3
     """Timed rounds (after one warm-up); medians are reported."""
+    compile: bool = False
+    """torch.compile the UNet (`DiffusionPolicy.optimize`); it compiles in the warm-up round."""
+    channels_last: bool = False
+    """Channels-last UNet weights (`DiffusionPolicy.optimize`)."""
 
 
 def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tuple[float, float]:
@@ -77,6 +82,7 @@ def main(config: EpochOverheadConfig) -> dict:
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, guidance_scale=config.guidance_scale, guidance_interval=(0, 999))  # every step guided, as timed below
     policy.enable_lora(rank=8)
+    policy.optimize(compile=config.compile, channels_last=config.channels_last)
     agent = DDPO(policy, DDPOConfig(estimator=config.estimator, train_batch_size=config.train_batch_size))
     envs.reset(seed=0)
     epochs, isolated = [], []

@@ -144,8 +144,9 @@ class DiffusionPolicy(FineTuning, nn.Module):
             compile: `torch.compile` the UNet (in place: parameter names, LoRA adapters and
                 checkpoints are unchanged). The first sampling pass and the first training pass
                 each compile a graph, tens of seconds on a CPU (cached on disk for later runs);
-                disabling the adapters for a KL reference compiles once more. It pays off on
-                long runs whose UNet time is dominated by per-operation overhead (small models).
+                disabling the adapters for a KL reference compiles once more. It helps where
+                per-operation overhead dominates a pass (small UNets), over runs long enough to
+                repay the compilation.
             channels_last: keep the UNet's convolution weights in the channels-last memory
                 format, which GPU convolution kernels in half precision prefer.
             compile_backend: `torch.compile`'s backend ("inductor" generates kernels; "aot_eager"
