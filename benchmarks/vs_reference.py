@@ -299,9 +299,9 @@ def _summary(values: list[float]) -> dict:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def _levers(config: VsReferenceConfig) -> str:
-    """"_compile", "_channels_last", both, or "" (eager, contiguous): our settings beyond trl's."""
-    return "".join(f"_{name}" for name in ("compile", "channels_last") if getattr(config, name))
+def _levers(config: VsReferenceConfig) -> list[str]:
+    """Our settings beyond trl's: [], ["compile"], ["channels_last"] or both."""
+    return [name for name in ("compile", "channels_last") if getattr(config, name)]
 
 
 def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
@@ -370,13 +370,13 @@ def compare(config: VsReferenceConfig) -> dict:
     r = summary["ratio_all_epochs"]
     overhead = f"; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, trl {summary['trl_epoch_over_unet']['median']:.3f}" if config.unet_baseline else ""
     phases = "; ".join(f"{phase} images/s ours {summary[f'ours_{phase}_images_per_s']['median']:.2f}, trl {summary[f'trl_{phase}_images_per_s']['median']:.2f}" for phase in ("sampling", "training"))
-    print(f"{config.model} {config.mode}{_levers(config).replace('_', ' + ')}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
+    print(f"{config.model} {config.mode}{''.join(' + ' + name.replace('_', '-') for name in _levers(config))}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
           f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}{overhead}; {phases}; "
           f"peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
     if "ours_gpu_peak_sampling_mib" in summary:
         print("GPU peak MiB, sampling / training: " + ", ".join(f"{side} {summary[f'{side}_gpu_peak_sampling_mib']['median']:.0f} / {summary[f'{side}_gpu_peak_training_mib']['median']:.0f}" for side in ("ours", "trl")))
     if config.output is not None:
-        path = Path(str(config.output).format(model=config.model, device=config.device.split(":")[0], mode=config.mode, levers=_levers(config)))
+        path = Path(str(config.output).format(model=config.model, device=config.device.split(":")[0], mode=config.mode, levers="".join("_" + name for name in _levers(config))))
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary

@@ -143,7 +143,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         Args:
             compile: `torch.compile` the UNet (in place: parameter names, LoRA adapters and
                 checkpoints are unchanged). The first sampling pass and the first training pass
-                each compile a graph, tens of seconds on a CPU (cached on disk for later runs);
+                each compile a graph, a minute or more on a CPU (cached on disk for later runs);
                 disabling the adapters for a KL reference compiles once more. It helps where
                 per-operation overhead dominates a pass (small UNets), over runs long enough to
                 repay the compilation.
