@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -64,6 +65,13 @@ class SamplerStep:
     pred_original_sample: torch.Tensor
 
 
+def check_num_inference_steps(num_inference_steps: int) -> int:
+    """`num_inference_steps` as an int, or a ValueError unless it is a positive int (not a bool)."""
+    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
+    return int(num_inference_steps)
+
+
 def sample_or_score(
     mean: torch.Tensor,
     std: torch.Tensor,
@@ -87,9 +95,9 @@ def sample_or_score(
         prev_sample = mean + std * noise
     else:
         prev_sample = prev_sample.float()
-    log_prob = gaussian_log_prob(prev_sample, mean, torch.where(std > 0, std, torch.ones_like(std)), reduce=reduce)
-    has_density = (std > 0).reshape(std.shape[0])
-    return prev_sample, torch.where(has_density, log_prob, torch.full_like(log_prob, float("nan")))
+    has_density = std > 0
+    log_prob = gaussian_log_prob(prev_sample, mean, torch.where(has_density, std, torch.ones_like(std)), reduce=reduce)
+    return prev_sample, torch.where(has_density.reshape(std.shape[0]), log_prob, torch.full_like(log_prob, float("nan")))
 
 
 def gaussian_kl(mean_p: torch.Tensor, mean_q: torch.Tensor, std: torch.Tensor, reduce: Reduce = "sum") -> torch.Tensor:

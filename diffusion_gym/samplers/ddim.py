@@ -13,7 +13,7 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffusion_gym.samplers.base import Reduce, SamplerStep, sample_or_score
+from diffusion_gym.samplers.base import Reduce, SamplerStep, check_num_inference_steps, sample_or_score
 
 
 def ddim_scheduler(scheduler: SchedulerMixin, num_inference_steps: int) -> DDIMScheduler:
@@ -21,9 +21,7 @@ def ddim_scheduler(scheduler: SchedulerMixin, num_inference_steps: int) -> DDIMS
     these timesteps already (a policy shares its env's), else a new one made from its config (a
     model's own scheduler is never changed; Stable Diffusion ships a PNDM config, as ddpo-pytorch
     also does this). A ValueError for a step count or a config DDIM cannot take."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
-    num_inference_steps = int(num_inference_steps)
+    num_inference_steps = check_num_inference_steps(num_inference_steps)
     if isinstance(scheduler, DDIMScheduler) and scheduler.num_inference_steps == num_inference_steps:
         return scheduler
     scheduler = DDIMScheduler.from_config(scheduler.config)

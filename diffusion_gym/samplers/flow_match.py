@@ -25,7 +25,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffusion_gym.samplers.base import Reduce, SamplerStep, sample_or_score
+from diffusion_gym.samplers.base import Reduce, SamplerStep, check_num_inference_steps, sample_or_score
 
 
 def flow_match_scheduler(scheduler: SchedulerMixin, num_inference_steps: int, mu: float | None = None) -> FlowMatchEulerDiscreteScheduler:
@@ -34,9 +34,7 @@ def flow_match_scheduler(scheduler: SchedulerMixin, num_inference_steps: int, mu
     these timesteps and no image-size shift. `mu` is the shift of a schedule that depends on the
     image size (FLUX: `use_dynamic_shifting`; diffusers' `calculate_shift(image_seq_len, ...)`).
     A ValueError for a step count or a scheduler these samplers cannot take."""
-    if isinstance(num_inference_steps, bool) or not isinstance(num_inference_steps, (int, np.integer)) or num_inference_steps < 1:
-        raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r} ({type(num_inference_steps).__name__}).")
-    num_inference_steps = int(num_inference_steps)
+    num_inference_steps = check_num_inference_steps(num_inference_steps)
     if not type(scheduler).__name__.startswith("FlowMatch"):
         raise ValueError(
             f"A flow-matching sampler needs a flow-matching model (its scheduler a FlowMatch*Scheduler, as SD3's and FLUX's are); "
