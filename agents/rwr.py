@@ -67,9 +67,11 @@ class RWRConfig:
 def denoising_loss(
     policy: DiffusionPolicy, x0: torch.Tensor, prompts: Sequence[str], timesteps: torch.Tensor | None = None, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """The ordinary (conditional) diffusion training loss of the policy's UNet, one value per
-    sample: ‖target − model(x_t, c, t)‖² averaged over dimensions, x_t the scheduler's forward
-    noising of x_0 (`add_noise`) and the target ε, v (`get_velocity`) or x_0 as the model predicts.
+    """The ordinary (conditional) training loss of the policy's denoiser, one value per sample:
+    ‖target − model(x_t, c, t)‖² averaged over dimensions. For a diffusion model x_t is the
+    scheduler's forward noising of x_0 (`add_noise`) and the target ε, v (`get_velocity`) or x_0
+    as the model predicts; for a flow model x_σ = (1 − σ) x_0 + σ ε with σ uniform, t = 1000 σ,
+    and the target the velocity ε − x_0 (`diffusion_gym.samplers.flow_match`, (F1)–(F2)).
 
     Args:
         x0: clean samples, (B, C, H, W), in the model's sample space.
@@ -82,16 +84,25 @@ def denoising_loss(
     """
     scheduler = policy.sampler.scheduler
     x0 = x0.to(policy.device, torch.float32)
-    if timesteps is None:
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device="cpu")
-    timesteps = timesteps.to(policy.device).long()
+    num_train_timesteps, flow = scheduler.config.num_train_timesteps, policy.model.is_flow
+    if timesteps is None:  # drawn before the noise
+        shape = (x0.shape[0],)
+        timesteps = torch.rand(shape, generator=generator) * num_train_timesteps if flow else torch.randint(0, num_train_timesteps, shape, generator=generator)
+    timesteps = timesteps.to(policy.device)
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(policy.device)
-    x_t = scheduler.add_noise(x0, noise, timesteps)
-    prediction_type = scheduler.config.prediction_type
-    if prediction_type not in ("epsilon", "v_prediction", "sample"):
-        raise ValueError(f"Unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
-    target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else x0
-    prediction = policy.unet(x_t.to(policy.dtype), timesteps, encoder_hidden_states=policy.encode_prompts(list(prompts))).sample.float()
+    if flow:
+        timesteps = timesteps.float()
+        sigma = (timesteps / num_train_timesteps).view(-1, 1, 1, 1)
+        x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+    else:
+        timesteps = timesteps.long()
+        x_t = scheduler.add_noise(x0, noise, timesteps)
+        prediction_type = scheduler.config.prediction_type
+        if prediction_type not in ("epsilon", "v_prediction", "sample"):
+            raise ValueError(f"Unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
+        target = noise if prediction_type == "epsilon" else scheduler.get_velocity(x0, noise, timesteps) if prediction_type == "v_prediction" else x0
+    guidance = torch.full((x0.shape[0],), policy.guidance_scale, device=policy.device) if policy.family.distilled_guidance else None
+    prediction = policy.denoise(x_t, timesteps, policy.encode_prompts(list(prompts)), guidance)
     return ((prediction - target) ** 2).mean(dim=(1, 2, 3))
 
 

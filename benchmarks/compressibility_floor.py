@@ -70,7 +70,7 @@ def _uniform_images(n: int) -> torch.Tensor:
 def _finish(policy: DiffusionPolicy, x: torch.Tensor, timesteps: torch.Tensor, prompts: list[str], generator: torch.Generator) -> torch.Tensor:
     """Run the sampler's steps `timesteps` from x."""
     for t in timesteps:
-        x = policy.sampler.step(policy.predict_noise(x, t.expand(len(x)), prompts), t, x, generator=generator).prev_sample
+        x = policy.sampler.step(policy.predict(x, t.expand(len(x)), prompts), t, x, generator=generator).prev_sample
     return x
 
 

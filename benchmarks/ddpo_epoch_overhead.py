@@ -52,10 +52,10 @@ class EpochOverheadConfig:
 
 def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tuple[float, float]:
     """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training), alone."""
-    unet, steps = policy.unet, config.num_inference_steps
+    unet, steps = policy.denoiser, config.num_inference_steps
     cfg = 2 if config.guidance_scale != 1.0 else 1
     channels, size = unet.config.in_channels, unet.config.sample_size
-    embeds = policy.encode_prompts(["a large red circle on a flat background"] * (config.num_envs * cfg))
+    embeds = policy.encode_prompts(["a large red circle on a flat background"] * (config.num_envs * cfg))["encoder_hidden_states"]
     t = torch.full((config.num_envs * cfg,), 500, device=policy.device)
     x = torch.randn(config.num_envs * cfg, channels, size, size, device=policy.device)
     start = time.perf_counter()

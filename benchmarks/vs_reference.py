@@ -223,7 +223,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    unet = _unet_seconds(policy.unet, policy.encode_prompts(["a cat"]), config, autocast) if config.unet_baseline else None
+    unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast) if config.unet_baseline else None
     return {"startup_s": startup, **phases.result(), "unet_s": unet}
 
 

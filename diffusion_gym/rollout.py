@@ -29,11 +29,11 @@ class Trajectories:
         images: (B, H, W, 3) uint8 decoded x_0 (what the reward saw).
         reward_info: the per-sample numbers the reward reported beside the reward ((B,) arrays,
             e.g. "gold" for the embedded tasks' gold references), for logging.
-        timesteps: (B, T) int64 model timesteps of the states (None if the steps were not kept).
+        timesteps: (B, T) model timesteps of the states: int64, float32 for a flow model (None if the steps were not kept).
         samples: (B, T + 1, C, H, W) float32: x_T, ..., x_0; state k is samples[:, k], its
             action samples[:, k + 1] (stored once, not twice; None if the steps were not kept).
-        log_probs: (B, T) float32 log π(action | state) under the policy that sampled them (None
-            if the steps were not kept).
+        log_probs: (B, T) float32 log π(action | state) under the policy that sampled them, NaN
+            at a flow sampler's ODE steps (None if the steps were not kept).
     """
 
     prompts: list[str]

@@ -59,6 +59,7 @@ def test_ids_show_every_default_per_model():
         assert set(kwargs) == {"model", "defaults"} and kwargs["model"] == "CompVis/stable-diffusion-v1-4"
         assert kwargs["defaults"]["*"] == {"reward": paper[env_id][0], "prompts": paper[env_id][1], "num_inference_steps": 50}
         assert kwargs["defaults"]["embedded"] == {"reward": embedded[env_id][0], "prompts": embedded[env_id][1], "num_inference_steps": 20}
+        assert kwargs["defaults"]["embedded-flow"] == kwargs["defaults"]["embedded"]
     # a model without a row of its own (Stable Diffusion, tiny-random) is set up as the paper's was, and so acts
     env = gym.make("DiffusionIncompressibility-v0", model="tiny-random", device="cpu").unwrapped
     assert env.num_steps == 50 and env.prompts == load_prompts("imagenet_animals")

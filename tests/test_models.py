@@ -110,10 +110,10 @@ def test_an_env_can_share_the_model_of_a_policy_in_training_without_freezing_it(
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=2, model="tiny-random", num_inference_steps=2, device="cpu")
     policy = DiffusionPolicy.from_env(envs)
     policy.enable_lora(rank=2)
-    trainable = [n for n, p in policy.unet.named_parameters() if p.requires_grad]
+    trainable = [n for n, p in policy.denoiser.named_parameters() if p.requires_grad]
     other = gym.make_vec("DiffusionCompressibility-v0", num_envs=2, model=policy.model, num_inference_steps=2, device="cpu")
     assert other.unwrapped.model is policy.model
-    assert [n for n, p in policy.unet.named_parameters() if p.requires_grad] == trainable != []
+    assert [n for n, p in policy.denoiser.named_parameters() if p.requires_grad] == trainable != []
     # a new model passed in is frozen, as a loaded one is
     fresh = build_tiny_random()
     assert not any(p.requires_grad for p in load_model(fresh, device="cpu").unet.parameters())

@@ -13,7 +13,7 @@ def make_policy(model, guidance_scale=5.0, steps=4, **kwargs):
 
 def batch_obs(policy, batch=3, seed=0, step_index=1, as_numpy=False):
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, policy.unet.config.in_channels, 8, 8, generator=generator)
+    x = torch.randn(batch, policy.denoiser.config.in_channels, 8, 8, generator=generator)
     t = policy.sampler.timesteps[step_index]
     obs = {"prompt": ("a red fox", "a cat", "a tench")[:batch], "timestep": torch.full((batch,), int(t)), "x_t": x}
     if as_numpy:
@@ -25,13 +25,13 @@ def test_guidance_combines_the_two_unet_passes(tiny_model):
     policy = make_policy(tiny_model, guidance_scale=7.5)
     obs = batch_obs(policy)
     t = obs["timestep"]
-    cond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts(list(obs["prompt"]))).sample
-    uncond = policy.unet(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts([""] * 3)).sample
-    guided = policy.predict_noise(obs["x_t"], t, list(obs["prompt"]))
+    cond = policy.denoiser(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts(list(obs["prompt"]))["encoder_hidden_states"]).sample
+    uncond = policy.denoiser(obs["x_t"], t, encoder_hidden_states=policy.encode_prompts([""] * 3)["encoder_hidden_states"]).sample
+    guided = policy.predict(obs["x_t"], t, list(obs["prompt"]))
     # one pass over a batch of 6 against two of 3: the CPU's kernels may round them differently
     # (~1e-6 a pass, which guidance scales by 7.5), while cond - uncond is ~2e-2 here
     torch.testing.assert_close(guided, uncond + 7.5 * (cond - uncond), rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(make_policy(tiny_model, guidance_scale=1.0).predict_noise(obs["x_t"], t, list(obs["prompt"])), cond)
+    torch.testing.assert_close(make_policy(tiny_model, guidance_scale=1.0).predict(obs["x_t"], t, list(obs["prompt"])), cond)
 
 
 def test_guidance_interval_guides_only_its_timesteps_and_skips_the_unconditional_pass_elsewhere(tiny_model):
@@ -42,15 +42,15 @@ def test_guidance_interval_guides_only_its_timesteps_and_skips_the_unconditional
     x, prompts = obs["x_t"], list(obs["prompt"])
     for t, reference in ((t_high, full), (t_low, unguided)):
         timesteps = torch.full((3,), t)
-        torch.testing.assert_close(policy.predict_noise(x, timesteps, prompts), reference.predict_noise(x, timesteps, prompts))
+        torch.testing.assert_close(policy.predict(x, timesteps, prompts), reference.predict(x, timesteps, prompts))
     batch_sizes = []
-    hook = policy.unet.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
-    policy.predict_noise(x, torch.full((3,), t_low), prompts)
-    mixed = policy.predict_noise(x, torch.tensor([t_high, t_low, t_high]), prompts)
+    hook = policy.denoiser.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+    policy.predict(x, torch.full((3,), t_low), prompts)
+    mixed = policy.predict(x, torch.tensor([t_high, t_low, t_high]), prompts)
     hook.remove()
     assert batch_sizes == [3, 6]  # outside the interval: the conditional pass alone
-    torch.testing.assert_close(mixed[1], unguided.predict_noise(x, torch.full((3,), t_low), prompts)[1], rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(mixed[0], full.predict_noise(x, torch.full((3,), t_high), prompts)[0], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(mixed[1], unguided.predict(x, torch.full((3,), t_low), prompts)[1], rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(mixed[0], full.predict(x, torch.full((3,), t_high), prompts)[0], rtol=1e-5, atol=1e-4)
     assert policy.guided(torch.tensor([t_high, t_low])).tolist() == [True, False]
     for bad in ((500, 100), (0, 1000), (-1, 10), (1, 2, 3), "all"):
         with pytest.raises(ValueError, match="guidance_interval"):
@@ -59,10 +59,10 @@ def test_guidance_interval_guides_only_its_timesteps_and_skips_the_unconditional
 
 def test_prompt_embeddings_are_cached_and_equal_to_fresh_ones(tiny_model):
     policy = make_policy(tiny_model)
-    first = policy.encode_prompts(["a cat", "a dog", "a cat"])
+    first = policy.encode_prompts(["a cat", "a dog", "a cat"])["encoder_hidden_states"]
     torch.testing.assert_close(first[0], first[2])
     ids = policy.model.tokenizer(["a dog"], padding="max_length", max_length=policy.model.tokenizer.model_max_length, return_tensors="pt").input_ids
-    torch.testing.assert_close(first[1], policy.text_encoder(ids)[0][0])
+    torch.testing.assert_close(first[1], policy.model.text_encoder(ids)[0][0])
     assert set(policy._prompt_embeds) == {"a cat", "a dog"}
 
 
@@ -97,14 +97,14 @@ def test_lora_starts_at_the_base_policy_and_gets_gradients_only_on_adapters(tiny
     policy.enable_lora(rank=2)
     assert policy.finetuning == "lora" and make_policy(tiny_model).finetuning == "lora"  # read from the shared UNet
     trainable = policy.trainable_parameters()
-    names = [n for n, p in policy.unet.named_parameters() if p.requires_grad]
+    names = [n for n, p in policy.denoiser.named_parameters() if p.requires_grad]
     assert names and all("lora" in n for n in names)
-    assert {p.shape[0] for n, p in policy.unet.named_parameters() if "lora_A" in n} == {2}
+    assert {p.shape[0] for n, p in policy.denoiser.named_parameters() if "lora_A" in n} == {2}
     torch.testing.assert_close(policy.log_prob(obs, action), before)  # B = 0 at the start
 
     policy.log_prob(obs, action).sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trainable)
-    assert all(p.grad is None for n, p in policy.unet.named_parameters() if "lora" not in n)
+    assert all(p.grad is None for n, p in policy.denoiser.named_parameters() if "lora" not in n)
     with pytest.raises(ValueError, match="already enabled"):
         policy.enable_lora(rank=2)
     with pytest.raises(ValueError, match="LoRA adapters"):
@@ -116,13 +116,13 @@ def test_full_finetuning_trains_every_unet_parameter_and_changes_the_policy(tiny
     obs = batch_obs(policy)
     action, before = policy.act(obs, generator=torch.Generator().manual_seed(4))
     policy.enable_full_finetuning()
-    assert len(policy.trainable_parameters()) == len(list(policy.unet.parameters()))
+    assert len(policy.trainable_parameters()) == len(list(policy.denoiser.parameters()))
     optimizer = torch.optim.Adam(policy.trainable_parameters(), lr=1e-5)
     (-policy.log_prob(obs, action).sum()).backward()
     optimizer.step()
     after = policy.log_prob(obs, action).detach()
     assert (after > before).all()  # one ascent step on the log-likelihood of these actions raises it
-    assert not any(p.requires_grad for p in policy.text_encoder.parameters())
+    assert not any(p.requires_grad for p in policy.text_encoders.parameters())
 
 
 def test_bad_arguments_and_observations_are_rejected(tiny_model):
@@ -145,7 +145,7 @@ def test_reference_is_the_starting_policy_for_lora_and_full_finetuning(tiny_mode
     action, start = policy.act(obs, generator=torch.Generator().manual_seed(5))
     policy.enable_lora(rank=2)
     with torch.no_grad():
-        for name, p in policy.unet.named_parameters():
+        for name, p in policy.denoiser.named_parameters():
             if "lora_B" in name:
                 p.add_(0.05)  # move the adapters away from zero
     moved = policy.log_prob(obs, action).detach()
@@ -163,7 +163,7 @@ def test_reference_for_full_finetuning_needs_a_kept_copy():
     action, start = policy.act(obs)
     policy.enable_full_finetuning(keep_reference=True)
     with torch.no_grad():
-        next(policy.unet.parameters()).add_(0.1)
+        next(policy.denoiser.parameters()).add_(0.1)
     with policy.reference():
         torch.testing.assert_close(policy.log_prob(obs, action), start)
     assert not torch.allclose(policy.log_prob(obs, action).detach(), start)

@@ -22,3 +22,7 @@ EMBEDDED_DIR = Path(__file__).resolve().parent / "weights"
 """The shipped pipeline folder (model_index.json, unet/, text_encoder/, tokenizer/, scheduler/),
 the captioner (captioner/), the gold judge (captioner_gold/) and the aesthetic predictor's head
 (aesthetic/)."""
+
+EMBEDDED_FLOW_DIR = EMBEDDED_DIR / "flow"
+"""The embedded flow model: the same networks trained as a rectified flow (model_index.json,
+unet/, text_encoder/, tokenizer/, scheduler/ with a `FlowMatchEulerDiscreteScheduler`)."""

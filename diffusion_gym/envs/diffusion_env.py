@@ -17,7 +17,7 @@ from diffusion_gym.envs.spaces import PromptText, TensorBox, TensorDiscrete
 from diffusion_gym.models import DiffusionModel, load_model
 from diffusion_gym.prompts import PROMPT_CHARSET, check_prompt, load_prompts
 from diffusion_gym.rewards import RewardFn, check_reward, make_reward
-from diffusion_gym.samplers import ddim_scheduler
+from diffusion_gym.samplers import ddim_scheduler, flow_match_scheduler
 
 ARRAY_TYPES = ("numpy", "torch")
 
@@ -52,7 +52,7 @@ class DiffusionVectorEnv(VectorEnv):
     model's own denoiser (`DiffusionPolicy.from_env(env)`, which owns how it acts: the sampler's
     eta, the guidance). The env owns the MDP: the model's sample space and decoder, the
     scheduler and its timesteps, the prompts and the reward. All `num_envs` episodes run in lock
-    step, which is what makes batched denoising on one UNet call per step possible.
+    step, which is what makes batched denoising on one denoiser call per step possible.
 
     ## Action Space
     `Box(-inf, inf, (num_envs, C, H, W), float32)`: x_{t-1} for each sub-env, in the model's
@@ -63,7 +63,8 @@ class DiffusionVectorEnv(VectorEnv):
     A `Dict` of batched spaces:
     - "prompt": a tuple of `num_envs` strings (`Text`, printable ASCII);
     - "timestep": (num_envs,) int64, the model timestep of x_t (`Discrete(num_train_timesteps)`),
-      0 once the episode has reached x_0;
+      0 once the episode has reached x_0; for a flow-matching model (SD3, FLUX, "embedded-flow")
+      float32, 1000 σ (`Box(0, num_train_timesteps)`);
     - "x_t": (num_envs, C, H, W) float32, the current sample.
     With `array_type="torch"` "timestep" and "x_t" are torch tensors on the model's device,
     without copies (do not modify them in place), and so are rewards and flags.
@@ -89,9 +90,11 @@ class DiffusionVectorEnv(VectorEnv):
     episodes (its action is ignored, its reward is 0).
 
     ## Arguments
-    - num_envs: episodes run in parallel (the batch size of the UNet).
-    - model: a hub id, a local diffusers pipeline folder, "tiny-random", "embedded", or a
-      `DiffusionModel`.
+    - num_envs: episodes run in parallel (the batch size of the denoiser).
+    - model: a hub id, a local diffusers pipeline folder, a model built in code or shipped
+      (`diffusion_gym.models.BUILTIN_MODELS`: "embedded", "embedded-flow", "tiny-random",
+      "tiny-random-sdxl", ...) or a `DiffusionModel`, of any family (Stable Diffusion, SDXL,
+      SD3/SD3.5, FLUX.1; `diffusion_gym.models.families`).
     - reward: a registered reward name (`diffusion_gym.rewards.REWARDS`) or any callable
       `fn(images, prompts) -> (rewards, info)`; `reward_kwargs` go to a registered factory (and
       `device`, the env's, if the factory takes one and it is not given).
@@ -148,17 +151,25 @@ class DiffusionVectorEnv(VectorEnv):
         check_reward(reward)
         self.model = load_model(model, device=device, dtype=dtype)
         self.reward_fn = make_reward(reward, device=self.model.device, **(reward_kwargs or {}))
-        self.scheduler = ddim_scheduler(self.model.scheduler, num_inference_steps)
+        if self.model.is_flow:
+            self.scheduler = flow_match_scheduler(self.model.scheduler, num_inference_steps, **self.model.family.schedule(self.model, num_inference_steps))
+        else:
+            self.scheduler = ddim_scheduler(self.model.scheduler, num_inference_steps)
         self.device = self.model.device
         self._defer_rewards = False
 
         sample_shape = self.model.sample_shape
         max_prompt_length = max(256, *(len(p) for p in self.prompts))
         tensors = array_type == "torch"  # spaces whose contains() takes the torch observations too
+        num_train_timesteps = self.scheduler.config.num_train_timesteps
+        if self.model.is_flow:  # a flow model's timesteps are 1000 σ, real numbers in [0, 1000]
+            timestep_space = (TensorBox if tensors else Box)(0.0, float(num_train_timesteps), shape=(), dtype=np.float32)
+        else:
+            timestep_space = (TensorDiscrete if tensors else Discrete)(num_train_timesteps)
         self.single_observation_space = Dict(
             {
                 "prompt": PromptText(max_length=max_prompt_length, min_length=1, charset=PROMPT_CHARSET),
-                "timestep": (TensorDiscrete if tensors else Discrete)(self.scheduler.config.num_train_timesteps),
+                "timestep": timestep_space,
                 "x_t": (TensorBox if tensors else Box)(-np.inf, np.inf, shape=sample_shape, dtype=np.float32),
             }
         )
@@ -166,7 +177,8 @@ class DiffusionVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, num_envs)
         self.action_space = batch_space(self.single_action_space, num_envs)
 
-        self._timesteps: list[int] = self.scheduler.timesteps.tolist()
+        self._timesteps: list[float] = self.scheduler.timesteps.tolist()
+        self._timestep_dtype = np.float32 if self.model.is_flow else np.int64
         self._step_index: int | None = None  # None until the first reset
         self._x: torch.Tensor | None = None  # (num_envs, C, H, W) float32 on self.device
         self._episode_prompts: list[str] = []
@@ -262,7 +274,7 @@ class DiffusionVectorEnv(VectorEnv):
             prompts = [self.prompts[i] for i in indices]
         noise = self.np_random.standard_normal((self.num_envs, *self.model.sample_shape), dtype=np.float32)
         self._episode_prompts = prompts
-        self._x = torch.from_numpy(noise).to(self.device) * self.scheduler.init_noise_sigma
+        self._x = torch.from_numpy(noise).to(self.device) * getattr(self.scheduler, "init_noise_sigma", 1.0)  # a flow starts at σ = 1: x_T = ε
         self._step_index = 0
 
     def _check_action(self, action: Any, expected_shape: tuple[int, ...]) -> torch.Tensor:
@@ -359,9 +371,10 @@ class DiffusionVectorEnv(VectorEnv):
     def _observation(self) -> dict[str, Any]:
         timestep = 0 if self._episode_over else self._timesteps[self._step_index]
         if self.array_type == "torch":
-            timesteps = torch.full((self.num_envs,), timestep, dtype=torch.int64, device=self.device)
+            dtype = torch.float32 if self._timestep_dtype == np.float32 else torch.int64
+            timesteps = torch.full((self.num_envs,), timestep, dtype=dtype, device=self.device)
             return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x}
-        timesteps = np.full(self.num_envs, timestep, dtype=np.int64)
+        timesteps = np.full(self.num_envs, timestep, dtype=self._timestep_dtype)
         return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x.cpu().numpy().copy()}
 
     def _out(self, array: np.ndarray) -> Any:
@@ -403,7 +416,7 @@ class DiffusionEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[dict, dict]:
         obs, info = self.vector_env.reset(seed=seed, options=options)
-        return _first(obs), _first(info)
+        return _single(obs), _first(info)
 
     def step(self, action: np.ndarray | torch.Tensor) -> tuple[dict, float, bool, bool, dict]:
         env = self.vector_env
@@ -412,7 +425,7 @@ class DiffusionEnv(gym.Env):
             raise ValueError("The episode has ended (terminated=True); call reset() before stepping again.")
         x_prev = env._check_action(action, env.model.sample_shape)
         obs, reward, terminated, truncated, info = env._advance(x_prev.unsqueeze(0))
-        return _first(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _first(info)
+        return _single(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]), _first(info)
 
     def render(self) -> np.ndarray | None:
         frames = self.vector_env.render()
@@ -426,6 +439,15 @@ class DiffusionEnv(gym.Env):
         if name.startswith("_") or name == "vector_env":
             raise AttributeError(name)
         return getattr(self.vector_env, name)
+
+
+def _single(obs: dict) -> dict:
+    """The first sub-env's observation; a flow model's float timestep as the 0-d array its `Box`
+    holds (a numpy scalar would be cast with a warning)."""
+    obs = _first(obs)
+    if isinstance(obs["timestep"], np.floating):
+        obs["timestep"] = np.asarray(obs["timestep"])
+    return obs
 
 
 def _first(batch: Any) -> Any:

@@ -32,14 +32,14 @@ class Task:
     prompts: str
     """Registered prompt set (`diffusion_gym.prompts.PROMPT_SETS`)."""
     embedded: dict = field(default_factory=dict)
-    """What `model="embedded"` uses instead: "reward", "prompts" (default: the toy world's
+    """What `model="embedded"` (and "embedded-flow") uses instead: "reward", "prompts" (default: the toy world's
     prompts and the paper's reward)."""
 
     def defaults(self) -> dict[str, dict]:
         """The env settings per model name, "*" for any other model."""
         paper = {"reward": self.reward, "prompts": self.prompts, "num_inference_steps": PAPER_STEPS}
         embedded = {"reward": self.reward, "prompts": "toy_world", "num_inference_steps": EMBEDDED_STEPS, **self.embedded}
-        return {"*": paper, "embedded": embedded}
+        return {"*": paper, "embedded": embedded, "embedded-flow": embedded}
 
 
 TASKS = (

@@ -1,7 +1,9 @@
 """Loading a `DiffusionModel` from a hub id, a local pipeline folder, or a name built in code.
 
 Hub ids and local folders take the same path: read `model_index.json`, then load each part with
-the class it names (`unet`, `text_encoder`, `tokenizer`, `scheduler`, and `vae` if there is one).
+the class it names (the denoiser, `unet` or `transformer`; up to three text encoders and their
+tokenizers; the `scheduler`; the `vae` if there is one). The family (Stable Diffusion, SDXL,
+SD3, FLUX) follows from the classes (`diffusion_gym.models.families`).
 Parts a policy never needs (Stable Diffusion's safety checker, its feature extractor) are skipped.
 Nothing waits on an unreachable hub: the local cache is tried first, and if the model is not
 there and the hub cannot be reached, a `ValueError` says how to provide the model.
@@ -17,20 +19,18 @@ from typing import Callable
 
 import torch
 
-from diffusion_gym.embedded import EMBEDDED_DIR
+from diffusion_gym.embedded import EMBEDDED_DIR, EMBEDDED_FLOW_DIR
 from diffusion_gym.models.hub import load_offline_first, quiet_libraries
-from diffusion_gym.models.pipeline import COMPONENTS, REQUIRED_COMPONENTS, DiffusionModel
-from diffusion_gym.models.tiny import build_tiny_random
+from diffusion_gym.models.pipeline import COMPONENTS, DENOISERS, REQUIRED_COMPONENTS, DiffusionModel
+from diffusion_gym.models.tiny import build_tiny_flux, build_tiny_random, build_tiny_sd3, build_tiny_sdxl
 
-def load_embedded() -> DiffusionModel:
-    """The embedded default, from the pipeline folder shipped inside the package."""
-    if not (EMBEDDED_DIR / "model_index.json").is_file():
-        raise ValueError(
-            f"The embedded model's weights are missing from {EMBEDDED_DIR}; reinstall diffusion-gym, "
-            "or train them with `python -m embedded_tools.train`."
-        )
-    model = _load_pipeline_parts(str(EMBEDDED_DIR), local_files_only=True)
-    model.name = "embedded"  # the env's and the policy's defaults for it are looked up by this name
+def load_embedded(flow: bool = False) -> DiffusionModel:
+    """The embedded default, or with `flow` the embedded flow model, from the pipeline folder shipped inside the package."""
+    folder, name, command = (EMBEDDED_FLOW_DIR, "embedded-flow", " --objective flow") if flow else (EMBEDDED_DIR, "embedded", "")
+    if not (folder / "model_index.json").is_file():
+        raise ValueError(f"The {name} model's weights are missing from {folder}; reinstall diffusion-gym, or train them with `python -m embedded_tools.train{command}`.")
+    model = _load_pipeline_parts(str(folder), local_files_only=True)
+    model.name = name  # the env's and the policy's defaults for it are looked up by this name
     return model
 
 
@@ -38,7 +38,12 @@ def load_embedded() -> DiffusionModel:
 BUILTIN_MODELS: dict[str, Callable[[], DiffusionModel]] = {
     "tiny-random": build_tiny_random,
     "tiny-random-pixel": lambda: build_tiny_random(pixel_space=True),
+    "tiny-random-pixel-flow": lambda: build_tiny_random(pixel_space=True, flow=True),
+    "tiny-random-sdxl": build_tiny_sdxl,
+    "tiny-random-sd3": build_tiny_sd3,
+    "tiny-random-flux": build_tiny_flux,
     "embedded": load_embedded,
+    "embedded-flow": lambda: load_embedded(flow=True),
 }
 
 # The libraries a model_index.json may name classes from.
@@ -100,9 +105,8 @@ def load_model(
         raise ValueError(f"model={str(model)!r} is a file; pass the pipeline folder that holds model_index.json.")
     else:
         loaded = _load_from_hub(str(model))
-    for module in (loaded.unet, loaded.text_encoder, loaded.vae):
-        if module is not None:
-            module.requires_grad_(False).eval()
+    for module in loaded.modules:
+        module.requires_grad_(False).eval()
     loaded.prepared = True
     with quiet_libraries():  # diffusers warns on any `.to(dtype)` of its models ("should be kept in float32: []")
         return loaded.to(device=device, dtype=dtype)
@@ -148,8 +152,13 @@ def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
     not later in sampling."""
     index = _read_model_index(model, local_files_only)
     missing = [part for part in REQUIRED_COMPONENTS if not _names_a_class(index.get(part))]
+    if not any(_names_a_class(index.get(part)) for part in DENOISERS):
+        missing.append(" or ".join(DENOISERS))
     if missing:
-        raise ValueError(f"The pipeline at {model!r} lacks {missing} in its model_index.json; a text-to-image pipeline needs {list(REQUIRED_COMPONENTS)}.")
+        raise ValueError(
+            f"The pipeline at {model!r} lacks {missing} in its model_index.json; a text-to-image pipeline needs "
+            f"{list(REQUIRED_COMPONENTS)} and a denoiser ({' or '.join(DENOISERS)})."
+        )
     parts = {}
     for part in COMPONENTS:
         entry = index.get(part)
@@ -157,8 +166,14 @@ def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
             parts[part] = None
             continue
         parts[part] = _load_part(model, part, *entry, local_files_only=local_files_only)
-    _check_tokenizer(model, parts["tokenizer"], parts["text_encoder"])
-    return DiffusionModel(**parts, name=model)
+    for suffix in ("", "_2", "_3"):
+        if parts[f"text_encoder{suffix}"] is not None:
+            _check_tokenizer(model, parts[f"tokenizer{suffix}"], parts[f"text_encoder{suffix}"], f"tokenizer{suffix}")
+    settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in COMPONENTS and not _names_a_class(value)}
+    sample_size = settings.pop("diffusion_gym_sample_size", None)
+    loaded = DiffusionModel(**parts, name=model, sample_size=sample_size, pipeline_config=settings)
+    loaded.family  # noqa: B018  (a model no family takes fails here, with its classes named)
+    return loaded
 
 
 def _load_part(model: str, part: str, library: str, class_name: str, local_files_only: bool):
@@ -184,11 +199,13 @@ def _load_part(model: str, part: str, library: str, class_name: str, local_files
         ) from error
 
 
-def _check_tokenizer(model: str, tokenizer, text_encoder) -> None:
+def _check_tokenizer(model: str, tokenizer, text_encoder, part: str = "tokenizer") -> None:
     """A tokenizer that loads can still be empty (no vocabulary file: every word the unknown token)
     or not the text encoder's; catch that here, not as garbage samples or an overflow in `act`."""
-    where = f"{model!r}: its tokenizer ({type(tokenizer).__name__})"
-    fix = "copy tokenizer/ (vocabulary, merges, tokenizer_config.json) from a good copy of the pipeline, or save it again with `tokenizer.save_pretrained`"
+    if tokenizer is None:
+        raise ValueError(f"{model!r}: model_index.json names a text encoder for {part} but no {part}; add it, or save the pipeline again.")
+    where = f"{model!r}: its {part} ({type(tokenizer).__name__})"
+    fix = f"copy {part}/ (vocabulary, merges, tokenizer_config.json) from a good copy of the pipeline, or save it again with `tokenizer.save_pretrained`"
     max_length = getattr(tokenizer, "model_max_length", None)
     positions = getattr(text_encoder.config, "max_position_embeddings", None)
     if not isinstance(max_length, int) or max_length > 100_000:

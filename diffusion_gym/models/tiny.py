@@ -1,8 +1,16 @@
-"""`tiny-random`: a tiny, randomly initialised Stable Diffusion built in code.
+"""Tiny, randomly initialised models of every family, built in code.
 
-The same classes as Stable Diffusion v1.4 (`UNet2DConditionModel`, `AutoencoderKL`, a CLIP text
-model and tokenizer, a DDIM schedule with SD's betas), small enough that tests and smoke runs need
-no download and take milliseconds a step. Its samples are noise: it is for plumbing, not pictures.
+- `tiny-random`: the classes of Stable Diffusion v1.4 (`UNet2DConditionModel`, `AutoencoderKL`, a
+  CLIP text model and tokenizer, a DDIM schedule with SD's betas);
+- `tiny-random-sdxl`: SDXL's (a UNet with added time ids, `CLIPTextModel` and
+  `CLIPTextModelWithProjection`);
+- `tiny-random-sd3`: SD3's (`SD3Transformer2DModel`, two `CLIPTextModelWithProjection`,
+  `T5EncoderModel`, `FlowMatchEulerDiscreteScheduler` with shift 3);
+- `tiny-random-flux`: FLUX.1-dev's (`FluxTransformer2DModel` with the guidance input,
+  `CLIPTextModel`, `T5EncoderModel`, a schedule shifted by the image size).
+Small enough that tests and smoke runs need no download and take milliseconds a step. Their
+samples are noise: they are for plumbing, not pictures. The weights depend only on the seed (the
+global torch RNG is left as it was).
 """
 
 from __future__ import annotations
@@ -12,8 +20,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+import string
+
+from diffusers import AutoencoderKL, DDIMScheduler, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel, SD3Transformer2DModel, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
 from diffusion_gym.models.pipeline import DiffusionModel
 
@@ -44,10 +54,35 @@ def tiny_clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
         return CLIPTokenizer.from_pretrained(folder, model_max_length=model_max_length)
 
 
-def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int, heads: int, layers: int) -> CLIPTextModel:
-    """A randomly initialised `CLIPTextModel` sized for `tokenizer` (vocabulary, length, special tokens)."""
-    return CLIPTextModel(
+def tiny_t5_tokenizer(model_max_length: int = 32) -> T5Tokenizer:
+    """A real `T5Tokenizer` (a unigram model) whose vocabulary is the printable characters, alone
+    and word-initial: every ASCII prompt tokenizes."""
+    chars = [c for c in string.printable if not c.isspace()]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("▁", -1.0)] + [(c, -2.0) for c in chars] + [("▁" + c, -1.5) for c in chars]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def t5_text_encoder(tokenizer: T5Tokenizer, width: int) -> T5EncoderModel:
+    """A randomly initialised 2-layer `T5EncoderModel` of the given width for `tokenizer`."""
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=width, d_kv=8, d_ff=2 * width, num_layers=2, num_heads=width // 8, pad_token_id=0, eos_token_id=1))
+
+
+def tiny_vae(latent_channels: int, shift_factor: float | None = None) -> AutoencoderKL:
+    """A 2-level `AutoencoderKL`: latents at half the image's size."""
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, block_out_channels=(32, 64), down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=latent_channels, norm_num_groups=32, sample_size=16,
+        shift_factor=shift_factor, scaling_factor=1.5 if shift_factor is not None else 0.18215,
+    )  # fmt: skip
+
+
+def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int, heads: int, layers: int, projection_dim: int | None = None) -> CLIPTextModel:
+    """A randomly initialised `CLIPTextModel` sized for `tokenizer` (vocabulary, length, special
+    tokens); with `projection_dim` a `CLIPTextModelWithProjection` (SDXL's second, SD3's)."""
+    cls, extra = (CLIPTextModel, {}) if projection_dim is None else (CLIPTextModelWithProjection, {"projection_dim": projection_dim})
+    return cls(
         CLIPTextConfig(
+            **extra,
             vocab_size=len(tokenizer),
             hidden_size=width,
             intermediate_size=intermediate,
@@ -61,14 +96,18 @@ def clip_text_encoder(tokenizer: CLIPTokenizer, width: int, intermediate: int, h
     )
 
 
-def build_tiny_random(seed: int = 0, pixel_space: bool = False) -> DiffusionModel:
+def build_tiny_random(seed: int = 0, pixel_space: bool = False, flow: bool = False) -> DiffusionModel:
     """Build the tiny Stable Diffusion: 4×8×8 latents decoded to 16×16 RGB images, or with
     `pixel_space=True` a UNet on 3×16×16 pixels and no VAE (like the embedded model) that
     predicts x_0 clipped to [-1, 1]: its images are its samples, so rewards on them give
-    learning tests a direct signal.
+    learning tests a direct signal. With `flow=True` as well, the same UNet is a flow-matching
+    model (a `FlowMatchEulerDiscreteScheduler`, velocity prediction): the flow samplers' and
+    GRPO's learning tests run on it.
 
     The weights depend only on `seed` (the global torch RNG is left as it was).
     """
+    if flow and not pixel_space:
+        raise ValueError("The tiny flow model is a pixel-space one: pass pixel_space=True with flow=True (tiny-random-sd3 is a latent flow model).")
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -106,10 +145,82 @@ def build_tiny_random(seed: int = 0, pixel_space: bool = False) -> DiffusionMode
         set_alpha_to_one=False,
         steps_offset=1,
     )
+    if flow:
+        scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     if pixel_space:
         vae = None
     for module in (unet, text_encoder, vae):
         if module is not None:
             module.eval()
-    name = "tiny-random-pixel" if pixel_space else "tiny-random"
+    name = ("tiny-random-pixel-flow" if flow else "tiny-random-pixel") if pixel_space else "tiny-random"
     return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, name=name)
+
+
+def build_tiny_sdxl(seed: int = 0) -> DiffusionModel:
+    """A tiny SDXL: 4×8×8 latents, two CLIP encoders (the second's pooled projection and the time
+    ids enter through `addition_embed_type="text_time"`), a DDIM schedule with SDXL's betas."""
+    tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_clip_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = clip_text_encoder(tokenizer, width=TEXT_DIM, intermediate=37, heads=4, layers=2)
+        text_encoder_2 = clip_text_encoder(tokenizer_2, width=TEXT_DIM, intermediate=37, heads=4, layers=2, projection_dim=TEXT_DIM)
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=TEXT_DIM + 6 * 8,
+            cross_attention_dim=2 * TEXT_DIM, norm_num_groups=32,
+        )  # fmt: skip
+        vae = tiny_vae(latent_channels=4)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
+    return _frozen(DiffusionModel(
+        unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        scheduler=scheduler, vae=vae, name="tiny-random-sdxl", pipeline_config={"force_zeros_for_empty_prompt": True},
+    ))  # fmt: skip
+
+
+def build_tiny_sd3(seed: int = 0) -> DiffusionModel:
+    """A tiny SD3: an `SD3Transformer2DModel` on 4×8×8 latents, two CLIP encoders with projections
+    and T5 (64 wide, SD3's joint attention width), SD3's flow schedule (shift 3)."""
+    tokenizer, tokenizer_2, tokenizer_3 = tiny_clip_tokenizer(), tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = clip_text_encoder(tokenizer, width=TEXT_DIM, intermediate=37, heads=4, layers=2, projection_dim=TEXT_DIM)
+        text_encoder_2 = clip_text_encoder(tokenizer_2, width=TEXT_DIM, intermediate=37, heads=4, layers=2, projection_dim=TEXT_DIM)
+        text_encoder_3 = t5_text_encoder(tokenizer_3, width=2 * TEXT_DIM)
+        transformer = SD3Transformer2DModel(
+            sample_size=8, patch_size=1, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8, num_attention_heads=4,
+            joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=32, pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=16,
+        )  # fmt: skip
+        vae = tiny_vae(latent_channels=4, shift_factor=0.0609)
+    return _frozen(DiffusionModel(
+        transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, name="tiny-random-sd3",
+        pipeline_config={"max_sequence_length": 32},
+    ))  # fmt: skip
+
+
+def build_tiny_flux(seed: int = 0) -> DiffusionModel:
+    """A tiny FLUX.1-dev: a `FluxTransformer2DModel` with the guidance input on 4×8×8 latents (16
+    tokens of 2×2 patches), CLIP's pooled output and T5, FLUX's schedule shifted by the image size."""
+    tokenizer, tokenizer_2 = tiny_clip_tokenizer(), tiny_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        text_encoder = clip_text_encoder(tokenizer, width=TEXT_DIM, intermediate=37, heads=4, layers=2)
+        text_encoder_2 = t5_text_encoder(tokenizer_2, width=TEXT_DIM)
+        transformer = FluxTransformer2DModel(
+            patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+            joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM, guidance_embeds=True, axes_dims_rope=(4, 4, 8),
+        )  # fmt: skip
+        vae = tiny_vae(latent_channels=4, shift_factor=0.1159)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+    return _frozen(DiffusionModel(
+        transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        scheduler=scheduler, vae=vae, name="tiny-random-flux", sample_size=8, pipeline_config={"max_sequence_length": 32},
+    ))  # fmt: skip
+
+
+def _frozen(model: DiffusionModel) -> DiffusionModel:
+    for module in model.modules:
+        module.eval()
+    return model

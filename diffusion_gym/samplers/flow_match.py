@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -28,29 +29,32 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusion_gym.samplers.base import Reduce, SamplerStep, check_num_inference_steps, sample_or_score
 
 
-def flow_match_scheduler(scheduler: SchedulerMixin, num_inference_steps: int, mu: float | None = None) -> FlowMatchEulerDiscreteScheduler:
+def flow_match_scheduler(
+    scheduler: SchedulerMixin, num_inference_steps: int, mu: float | None = None, sigmas: Sequence[float] | None = None
+) -> FlowMatchEulerDiscreteScheduler:
     """A `FlowMatchEulerDiscreteScheduler` with an episode's timesteps set, made from `scheduler`'s
     config (the model's own scheduler is never changed), or `scheduler` itself when it already has
     these timesteps and no image-size shift. `mu` is the shift of a schedule that depends on the
-    image size (FLUX: `use_dynamic_shifting`; diffusers' `calculate_shift(image_seq_len, ...)`).
-    A ValueError for a step count or a scheduler these samplers cannot take."""
+    image size (FLUX: `use_dynamic_shifting`; diffusers' `calculate_shift(image_seq_len, ...)`);
+    `sigmas` a pipeline's own σ grid before the shift (FLUX's linspace(1, 1/N, N)); None: the
+    scheduler's. A ValueError for a step count or a scheduler these samplers cannot take."""
     num_inference_steps = check_num_inference_steps(num_inference_steps)
     if not type(scheduler).__name__.startswith("FlowMatch"):
         raise ValueError(
             f"A flow-matching sampler needs a flow-matching model (its scheduler a FlowMatch*Scheduler, as SD3's and FLUX's are); "
             f"this model's is {type(scheduler).__name__}. Use DDIMSampler for it."
         )
+    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and mu is None and sigmas is None and getattr(scheduler, "num_inference_steps", None) == num_inference_steps:
+        return scheduler  # an env's, its timesteps set (and shifted) already
     if scheduler.config.get("use_dynamic_shifting", False) and mu is None:
         raise ValueError(
             "This scheduler shifts its schedule by the image size (use_dynamic_shifting=True, as FLUX's does): pass mu, "
             "diffusers' calculate_shift(image_seq_len, base_image_seq_len, max_image_seq_len, base_shift, max_shift)."
         )
-    if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and mu is None and getattr(scheduler, "num_inference_steps", None) == num_inference_steps:
-        return scheduler
     scheduler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
     if scheduler.config.invert_sigmas:
         raise ValueError("invert_sigmas=True runs the schedule from data to noise; use a scheduler config with invert_sigmas=False.")
-    scheduler.set_timesteps(num_inference_steps, mu=mu)
+    scheduler.set_timesteps(num_inference_steps, sigmas=None if sigmas is None else list(sigmas), mu=mu)
     return scheduler
 
 

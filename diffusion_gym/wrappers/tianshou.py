@@ -92,8 +92,7 @@ class DiffusionActor(AbstractContinuousActorProbabilistic):
     """obs → ((mean, std), state): the DDIM step's Gaussian, flattened, from a `DiffusionPolicy`."""
 
     def __init__(self, diffusion_policy: DiffusionPolicy, prompts: Sequence[str]):
-        config = diffusion_policy.unet.config
-        super().__init__(output_dim=int(config.in_channels * config.sample_size**2))
+        super().__init__(output_dim=int(np.prod(diffusion_policy.model.sample_shape)))
         self.diffusion, self.prompts = diffusion_policy, list(prompts)
 
     def get_preprocess_net(self) -> nn.Module:
@@ -102,7 +101,7 @@ class DiffusionActor(AbstractContinuousActorProbabilistic):
     def forward(self, obs, state=None, info=None) -> tuple[tuple[torch.Tensor, torch.Tensor], Any]:
         indices = np.asarray(obs["prompt_index"]).reshape(-1).astype(np.int64)
         x_t = torch.as_tensor(np.asarray(obs["x_t"]), dtype=torch.float32, device=self.diffusion.device)
-        timesteps = torch.as_tensor(np.asarray(obs["timestep"]).reshape(-1), device=self.diffusion.device).long()
+        timesteps = torch.as_tensor(np.asarray(obs["timestep"]).reshape(-1), device=self.diffusion.device)
         step = self.diffusion.forward({"prompt": [self.prompts[i] for i in indices], "timestep": timesteps, "x_t": x_t})
         mean = step.mean.flatten(1)
         return (mean, step.std.reshape(-1, 1).expand_as(mean)), state

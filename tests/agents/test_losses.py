@@ -8,6 +8,7 @@ from agents.ddpo import DDPO, DDPOConfig, ddpo_loss
 from agents.normalizer import PerPromptNormalizer, within_prompt_std
 from agents.rwr import RWRConfig, denoising_loss, rwr_weights
 from diffusion_gym import DiffusionPolicy
+from diffusion_gym.models import load_model
 from diffusion_gym.rollout import rollout
 from tests.conftest import make_vec
 
@@ -24,8 +25,21 @@ def test_denoising_loss_matches_a_hand_computation_for_epsilon_and_v_prediction(
         alpha = torch.cumprod(1 - betas, 0)[timesteps].view(-1, 1, 1, 1)
         x_t = (alpha.sqrt() * x0 + (1 - alpha).sqrt() * noise).float()
         target = noise if prediction_type == "epsilon" else (alpha.sqrt() * noise - (1 - alpha).sqrt() * x0).float()
-        prediction = policy.unet(x_t, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])).sample
+        prediction = policy.denoiser(x_t, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])["encoder_hidden_states"]).sample
         torch.testing.assert_close(loss, ((prediction - target) ** 2).mean(dim=(1, 2, 3)), rtol=1e-4, atol=1e-5)
+
+
+def test_denoising_loss_is_the_flow_matching_loss_on_a_flow_model():
+    model = load_model("tiny-random-pixel-flow", device="cpu")
+    policy = DiffusionPolicy(model, model.scheduler, 4)
+    x0 = torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(8)) * 2 - 1
+    timesteps = torch.tensor([100.0, 750.0])
+    loss = denoising_loss(policy, x0, ["a cat", "a dog"], timesteps=timesteps, generator=torch.Generator().manual_seed(9))
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(9))  # the same noise, by hand
+    sigma = torch.tensor([0.1, 0.75]).view(-1, 1, 1, 1)
+    x_sigma = (1 - sigma) * x0 + sigma * noise  # (F1)
+    velocity = model.unet(x_sigma, timesteps, encoder_hidden_states=policy.encode_prompts(["a cat", "a dog"])["encoder_hidden_states"]).sample
+    torch.testing.assert_close(loss, ((velocity - (noise - x0)) ** 2).mean(dim=(1, 2, 3)), rtol=1e-4, atol=1e-5)
 
 
 def test_mean_log_probs_divide_the_log_ratio_by_the_dimensions():

@@ -208,7 +208,7 @@ def test_a_full_disk_removes_the_temporary_file_and_keeps_the_last_checkpoint(tm
         ({"guidance_scale": -1.0}, ["guidance_scale must be a finite number >= 0"]),
         ({"reward": "jpeg"}, ["Unknown reward 'jpeg'", "jpeg_compressibility"]),
         ({"lora_targets": ()}, ["lora_targets is empty"]),
-        ({"lora_targets": ("no_such_layer",)}, ["No UNet module matches the LoRA targets ['no_such_layer']", "to_q"]),
+        ({"lora_targets": ("no_such_layer",)}, ["No denoiser module matches the LoRA targets ['no_such_layer']", "to_q"]),
         ({"ddpo": DDPOConfig(learning_rate=-1.0, train_batch_size=4)}, ["ddpo.learning_rate must be > 0"]),
         ({"reward_kwargs": {"quality": "high"}}, ["option 'quality' must be an int, got 'high'"]),
         ({"ddpo": DDPOConfig(train_batch_size=4, mixed_precision="bf16")}, ["ratios would differ from 1 by rounding", "--dtype bfloat16"]),

@@ -20,11 +20,11 @@ def make(num_envs=4):
 
 
 def trainable(policy):
-    return {n: p.detach().clone() for n, p in policy.unet.named_parameters() if p.requires_grad}
+    return {n: p.detach().clone() for n, p in policy.denoiser.named_parameters() if p.requires_grad}
 
 
 def changed(policy, before) -> bool:
-    return any(not torch.equal(p, before[n]) for n, p in policy.unet.named_parameters() if p.requires_grad)
+    return any(not torch.equal(p, before[n]) for n, p in policy.denoiser.named_parameters() if p.requires_grad)
 
 
 def test_prompt_index_observations_and_bounds_that_never_clip_a_policy_sample():
@@ -96,7 +96,7 @@ def test_sb3_policy_gives_no_gradient_on_quiet_steps_and_keeps_their_log_prob():
         actions = torch.as_tensor(np.stack([vec_env.envs.single_action_space.sample() for _ in range(4)])).flatten(1) * 0.01
         grads, log_probs = {}, {}
         for r, model in models.items():
-            policy.unet.zero_grad()
+            policy.denoiser.zero_grad()
             _, log_probs[r], _ = model.policy.evaluate_actions(obs_tensor, actions)
             log_probs[r].sum().backward()
             grads[r] = sum(float(p.grad.abs().sum()) for p in policy.trainable_parameters() if p.grad is not None)
