@@ -97,6 +97,32 @@ class DDPOConfig:
                 raise ValueError(prefix + message)
 
 
+def grpo_config(group_size: int, **changes) -> DDPOConfig:
+    """GRPO as Flow-GRPO (Liu et al. 2025) and DanceGRPO (Xue et al. 2025) run it, which DDPO-IS
+    expresses with these settings:
+
+    - group-normalised advantages: a batch holds `group_size` samples of each prompt (the env's
+      `samples_per_prompt`) and each reward is normalised by its own group's mean and std, with
+      nothing kept from older batches (per_prompt_buffer = per_prompt_min_count = group_size);
+    - the clipped ratio on per-dimension log-probs, clip range 1e-4 (Flow-GRPO's);
+    - a per-step KL toward the reference model, kl_coef 0.04 (Flow-GRPO's β for GenEval), in the
+      closed form for two Gaussians of the same σ_t (`gaussian_kl`);
+    - training only the stochastic window: steps sampled without a log-prob (a flow sampler's ODE
+      steps, `Sampling.sde_window` / `sde_window_size`) are never trained on (`DDPO.trainable_steps`).
+
+    Flow-GRPO divides by the std of the whole batch (`global_std`); this divides by the group's,
+    as GRPO (Shao et al. 2024) and DanceGRPO do.
+
+    Args:
+        group_size: samples per prompt in each batch, >= 2.
+        **changes: other `DDPOConfig` fields (learning_rate, kl_coef, ...).
+    """
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+        raise ValueError(f"GRPO normalises each prompt's rewards within its group: group_size must be an int >= 2, got {group_size!r}.")
+    settings = dict(estimator="is", log_prob_reduce="mean", clip_range=1e-4, kl_coef=0.04, per_prompt_buffer=group_size, per_prompt_min_count=group_size)
+    return DDPOConfig(**{**settings, **changes})
+
+
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, estimator: str, clip_range: float) -> tuple[torch.Tensor, dict]:
     """The per-step DDPO surrogate (to minimise), averaged over the batch, and its diagnostics.
 
@@ -156,8 +182,8 @@ class DDPO:
         config, policy = self.config, self.policy
         advantages = self.advantages(batch)
         num_samples = len(batch)
-        trainable = self.trainable_steps(batch)
-        steps_trained = max(1, round(len(trainable) * config.timestep_fraction))
+        valid = self.trainable_steps(batch)
+        steps_trained = self._steps_trained(valid)
         minibatches_per_epoch = -(-num_samples // config.train_batch_size)
         accumulate = minibatches_per_epoch if config.estimator == "sf" else config.gradient_accumulation_steps
         inner_epochs = 1 if config.estimator == "sf" else config.num_inner_epochs
@@ -171,12 +197,11 @@ class DDPO:
 
         for _ in range(inner_epochs):
             order = torch.randperm(num_samples, generator=self.generator)
-            # each sample trains on its own random subset of steps, in random order
-            step_order = trainable[torch.stack([torch.randperm(len(trainable), generator=self.generator) for _ in range(num_samples)])[:, :steps_trained]]
+            steps_of = self._draw_steps(valid, steps_trained)  # each sample trains on its own random subset of steps, in random order
             for m in range(minibatches_per_epoch):
                 index = order[m * config.train_batch_size : (m + 1) * config.train_batch_size]
                 for j in range(steps_trained):
-                    steps = step_order[index, j]
+                    steps = steps_of[index, j]
                     obs, action = batch.observation(index, steps), batch.action(index, steps)
                     with autocast:
                         out = policy(obs, action=action)
@@ -200,8 +225,31 @@ class DDPO:
         return {"advantage_abs": advantages.abs().mean().item(), "reward_std_within_prompt": spread, **means}
 
     def trainable_steps(self, batch: Trajectories) -> torch.Tensor:
-        """Indices of the episode steps trained on: those whose σ_t >= min_step_std_ratio × the largest (every episode shares the schedule)."""
-        return torch.nonzero(self.policy.sampler.relative_std(batch.timesteps[0].cpu()) >= self.config.min_step_std_ratio).flatten()
+        """Which steps of each episode are trained on, (B, T) bool: those that had a log-prob when
+        sampled (not a flow sampler's ODE steps) and whose σ_t >= min_step_std_ratio × the
+        episode's largest (every episode shares the schedule)."""
+        relative = self.policy.sampler.relative_std(batch.timesteps[0].cpu())
+        by_step = (relative >= self.config.min_step_std_ratio) & (relative > 0)
+        return by_step[None, :] & torch.isfinite(batch.log_probs.cpu())
+
+    def _steps_trained(self, valid: torch.Tensor) -> int:
+        """How many steps of each episode a pass trains on: `timestep_fraction` of the fewest any
+        episode has (a ValueError if an episode has none)."""
+        fewest = int(valid.sum(dim=1).min())
+        if fewest == 0:
+            raise ValueError(
+                "An episode has no step to train on: every step is an ODE step (no log-prob) or has σ_t below "
+                f"min_step_std_ratio={self.config.min_step_std_ratio} of the largest; widen the policy's sde_window or lower min_step_std_ratio."
+            )
+        return max(1, round(fewest * self.config.timestep_fraction))
+
+    def _draw_steps(self, valid: torch.Tensor, steps_trained: int) -> torch.Tensor:
+        """Each sample's steps to train on in one pass, (B, steps_trained) indices in random order."""
+        if bool((valid == valid[:1]).all()):  # every episode has the same steps (a fixed schedule and window)
+            shared = torch.nonzero(valid[0]).flatten()
+            return shared[torch.stack([torch.randperm(len(shared), generator=self.generator) for _ in range(len(valid))])[:, :steps_trained]]
+        # windows drawn per batch of episodes: random priorities, the valid steps first
+        return torch.where(valid, torch.rand(valid.shape, generator=self.generator), 2.0).argsort(dim=1)[:, :steps_trained]
 
     def _step(self) -> float:
         """Average gradients over processes, clip, step, zero; returns the pre-clip gradient norm."""

@@ -8,7 +8,7 @@
 Each run folder gets: config.json (the resolved config), metrics.jsonl (one line per epoch),
 TensorBoard events (scalars and sample grids), checkpoint.pt (atomic, every `save_every`
 epochs, the one before kept as checkpoint.prev.pt), and the final weights (final/: the LoRA
-adapter or the full UNet). The same command resumes from the checkpoint after a crash; a
+adapter or the full denoiser). The same command resumes from the checkpoint after a crash; a
 command with other run-defining settings is refused (`agents.run_folder`). Every setting is
 checked before the folder is touched. With several processes each samples its own prompts and
 noise, rewards are gathered for the advantages, gradients are averaged, and only the main
@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 import diffusion_gym  # noqa: F401  (registers the ids)
 from agents import run_folder
-from agents.ddpo import DDPO, DDPOConfig
+from agents.ddpo import DDPO, DDPOConfig, grpo_config
 from agents.distributed import is_distributed, rank, world_size
 from agents.rwr import RWR, RWRConfig
 from diffusion_gym.coerce import coerce
@@ -46,14 +46,18 @@ from diffusion_gym.rewards import check_reward
 from diffusion_gym.rollout import rollout
 
 ALGORITHMS = ("ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse")
+"""The paper's four (the benchmark's grid)."""
+DDPO_ALGORITHMS = ("ddpo-sf", "ddpo-is", "grpo")
+"""The algorithms the DDPO agent runs: "grpo" is DDPO-IS with group-normalised advantages (`agents.ddpo.grpo_config`)."""
 
 
 @dataclass
 class TrainConfig:
     """A training run: environment, policy, algorithm, budget, output."""
 
-    algorithm: Literal["ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse"] = "ddpo-is"
-    """The algorithm (the DDPO estimator and RWR weighting follow from the name)."""
+    algorithm: Literal["ddpo-sf", "ddpo-is", "rwr-exp", "rwr-sparse", "grpo"] = "ddpo-is"
+    """The algorithm (the DDPO estimator and RWR weighting follow from the name; "grpo" is DDPO-IS
+    with each prompt's rewards normalised within its group of samples_per_prompt)."""
     env_id: str = "DiffusionCompressibility-v0"
     """Registered environment id: the task."""
     model: str = "embedded"
@@ -71,6 +75,14 @@ class TrainConfig:
     """Classifier-free guidance (sampling and training); None: the policy's for the model (`diffusion_gym.policy.SAMPLING`)."""
     guidance_interval: tuple[int, int] | None = None
     """Timesteps (low, high) that guidance applies to; None: the policy's for the model (`diffusion_gym.policy.SAMPLING`)."""
+    sampler: str | None = None
+    """The policy's sampler (`diffusion_gym.policy.SAMPLERS`); None: "ddim" for a diffusion model, "flow-grpo" for a flow model."""
+    noise_level: float | None = None
+    """A flow sampler's noise (a, or η for "dance-grpo"); None: the sampler's default."""
+    sde_window: tuple[int, int] | None = None
+    """(first, stop): a flow sampler's stochastic steps, the rest ODE steps not trained on; None: every step."""
+    sde_window_size: int | None = None
+    """A stochastic window of this many steps drawn for each sampling batch (MixGRPO); None: `sde_window`."""
     num_envs: int = 16
     """Episodes sampled in parallel per process (the sampling batch)."""
     batches_per_epoch: int = 4
@@ -86,7 +98,7 @@ class TrainConfig:
     overlap_rewards: bool = False
     """Score each sampling batch in a worker thread while the next is sampled (for large reward models)."""
     finetuning: Literal["lora", "full"] = "lora"
-    """LoRA adapters or every UNet parameter."""
+    """LoRA adapters or every denoiser parameter (the UNet, or SD3's and FLUX's transformer)."""
     lora_rank: int = 4
     """Rank of the LoRA adapters."""
     lora_targets: tuple[str, ...] = DEFAULT_LORA_TARGETS
@@ -102,13 +114,13 @@ class TrainConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """dtype of the frozen networks."""
     compile: bool = False
-    """torch.compile the UNet (how its passes run, not what they compute). The first sampling and
+    """torch.compile the denoiser (how its passes run, not what they compute). The first sampling and
     the first training pass each compile a graph (a minute or more on a CPU; inductor's on-disk
-    cache serves later runs), after which passes dominated by per-operation overhead (small UNets)
+    cache serves later runs), after which passes dominated by per-operation overhead (small denoisers)
     are cheaper: it can pay back only over many epochs. Off by default: no faster epoch on the
     embedded model (benchmarks/README.md, "Overheads"; `benchmarks/vs_reference.py --compile`)."""
     channels_last: bool = False
-    """Keep the UNet's convolution weights channels-last, the layout GPU convolutions in half
+    """Keep the denoiser's convolution weights channels-last, the layout GPU convolutions in half
     precision prefer. Off by default: no faster epoch on the CPU (benchmarks/README.md)."""
     output_dir: Path = Path("runs/train")
     """The run folder: config, metrics, TensorBoard, checkpoint, final weights."""
@@ -124,8 +136,8 @@ class TrainConfig:
     """Show a progress bar."""
 
     def __post_init__(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}.")
+        if self.algorithm not in (*ALGORITHMS, "grpo"):
+            raise ValueError(f"Unknown algorithm {self.algorithm!r}; choose one of {(*ALGORITHMS, 'grpo')}.")
         if self.env_id not in gym.registry:
             raise ValueError(f"Unknown env_id {self.env_id!r}; registered: {sorted(i for i in gym.registry if i.startswith('Diffusion'))}.")
         if self.reward is not None:
@@ -139,7 +151,7 @@ class TrainConfig:
         self.ddpo.check("ddpo.")
         self.rwr.check("rwr.")
         autocast_dtype = {"bf16": "bfloat16", "fp16": "float16"}.get(self.ddpo.mixed_precision)
-        if self.algorithm.startswith("ddpo") and autocast_dtype and self.dtype != autocast_dtype:
+        if self.algorithm in DDPO_ALGORITHMS and autocast_dtype and self.dtype != autocast_dtype:
             raise ValueError(
                 f"ddpo.mixed_precision={self.ddpo.mixed_precision!r} trains under {autocast_dtype} autocast while dtype={self.dtype!r} samples "
                 "in another precision: the importance ratios would differ from 1 by rounding alone (benchmarks/precision_ratio.py). "
@@ -153,8 +165,14 @@ class TrainConfig:
         if self.num_envs % self.samples_per_prompt:
             raise ValueError(f"samples_per_prompt ({self.samples_per_prompt}) must divide num_envs ({self.num_envs}).")
         samples = self.num_envs * self.batches_per_epoch
-        if self.algorithm.startswith("ddpo"):
-            self.ddpo = dataclasses.replace(self.ddpo, estimator=self.algorithm.split("-")[1])
+        if self.algorithm == "grpo":
+            if self.samples_per_prompt < 2:
+                raise ValueError(f"grpo normalises each prompt's rewards within its group: samples_per_prompt must be >= 2, got {self.samples_per_prompt}.")
+            group = self.samples_per_prompt
+            self.ddpo = dataclasses.replace(self.ddpo, estimator="is", per_prompt_buffer=group, per_prompt_min_count=group)
+        if self.algorithm in DDPO_ALGORITHMS:
+            if self.algorithm != "grpo":
+                self.ddpo = dataclasses.replace(self.ddpo, estimator=self.algorithm.split("-")[1])
             per_step = self.ddpo.train_batch_size * self.ddpo.gradient_accumulation_steps
             if samples % per_step:
                 raise ValueError(
@@ -174,8 +192,8 @@ class TrainConfig:
 
     def sampling(self) -> dict:
         """The policy settings this run gives (the rest are the policy's defaults for the model)."""
-        settings = (("guidance_scale", self.guidance_scale), ("guidance_interval", self.guidance_interval))
-        return {k: v for k, v in settings if v is not None}
+        names = ("guidance_scale", "guidance_interval", "sampler", "noise_level", "sde_window", "sde_window_size")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
     def with_overrides(self, overrides: dict[str, Any]) -> TrainConfig:
         """This config with `overrides` applied, as a new, validated config.
@@ -284,15 +302,44 @@ def paper_preset(algorithm: str) -> TrainConfig:
     )
 
 
+def embedded_flow_preset() -> TrainConfig:
+    """GRPO on the embedded flow model on 2 CPU cores, with the budget, LoRA and sampling batch of
+    `embedded_preset("ddpo-is")` so the two compare side by side: 10 steps of Flow-GRPO's SDE
+    (a = 0.7) without guidance, 8 prompts × 8 samples a batch, each prompt normalised within its
+    group; clip range 1e-3 and no KL term (as the DDPO-IS preset: the reference pass would cost a
+    third more a step); steps whose std is below a fifth of the largest are not trained on (the
+    same rule as the DDPO-IS preset's: at 10 steps of this SDE the last three)."""
+    config = embedded_preset("ddpo-is")
+    return dataclasses.replace(
+        config, algorithm="grpo", model="embedded-flow", output_dir=Path("runs/embedded-flow-grpo"),
+        ddpo=grpo_config(8, **{f: getattr(config.ddpo, f) for f in ("learning_rate", "train_batch_size", "num_inner_epochs", "timestep_fraction", "clip_range", "min_step_std_ratio")}, kl_coef=0.0),
+    )  # fmt: skip
+
+
+def sd35_flow_grpo_preset() -> TrainConfig:
+    """Flow-GRPO's PickScore run on SD3.5-Medium (its config `pickscore_sd3`), on GPUs: 10 SDE
+    steps (a = 0.7) at guidance 4.5, 24 samples per prompt, LoRA rank 32 at lr 3e-4, clip
+    range 1e-4 on per-dimension log-probs, KL β 0.04, bf16; 8 processes."""
+    return TrainConfig(
+        algorithm="grpo", env_id="DiffusionAesthetic-v0", model="stabilityai/stable-diffusion-3.5-medium", reward="pickscore",
+        num_inference_steps=10, guidance_scale=4.5, num_envs=24, batches_per_epoch=2, samples_per_prompt=24, epochs=1000,
+        lora_rank=32, device="cuda", dtype="bfloat16",
+        ddpo=grpo_config(24, learning_rate=3e-4, train_batch_size=8, gradient_accumulation_steps=3, mixed_precision="bf16"),
+        output_dir=Path("runs/sd35-flow-grpo"),
+    )  # fmt: skip
+
+
 PRESETS: dict[str, tuple[str, TrainConfig]] = {
     **{f"embedded-{a}": (f"{a} on the embedded model, 2 CPU cores", embedded_preset(a)) for a in ALGORITHMS},
     **{f"paper-{a}": (f"{a} with the paper's settings on Stable Diffusion v1.4, GPUs", paper_preset(a)) for a in ALGORITHMS},
+    "embedded-flow-grpo": ("grpo on the embedded flow model, 2 CPU cores", embedded_flow_preset()),
+    "sd35-flow-grpo": ("grpo with Flow-GRPO's PickScore settings on SD3.5-Medium, GPUs", sd35_flow_grpo_preset()),
 }
 
 
 # ---------------------------------------------------------------- the run
 def _trainable_state(policy: DiffusionPolicy) -> dict[str, torch.Tensor]:
-    return {name: p.detach().cpu().clone() for name, p in policy.unet.named_parameters() if p.requires_grad}
+    return {name: p.detach().cpu().clone() for name, p in policy.denoiser.named_parameters() if p.requires_grad}
 
 
 def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict] | None = None) -> list[dict]:
@@ -324,7 +371,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
     policy.optimize(compile=config.compile, channels_last=config.channels_last)
     process_seed = config.seed + 1000 * rank()
     agent_generator = torch.Generator().manual_seed(process_seed)
-    agent = DDPO(policy, config.ddpo, agent_generator) if config.algorithm.startswith("ddpo") else RWR(policy, config.rwr, agent_generator)
+    agent = DDPO(policy, config.ddpo, agent_generator) if config.algorithm in DDPO_ALGORITHMS else RWR(policy, config.rwr, agent_generator)
     sampling_generator = torch.Generator(policy.device).manual_seed(process_seed)
     envs.reset(seed=process_seed)
 
@@ -337,7 +384,7 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
         )
     if state is not None:
         with torch.no_grad():
-            for name, p in policy.unet.named_parameters():
+            for name, p in policy.denoiser.named_parameters():
                 if name in state["trainable"]:
                     p.copy_(state["trainable"][name])
         agent.load_state_dict(state["agent"])
@@ -396,9 +443,9 @@ def train(config: TrainConfig, on_epoch: Callable[[DiffusionPolicy, dict], dict]
         final = out / "final"
         with quiet_libraries():  # diffusers warns about dtypes while saving adapters, whatever the dtype
             if config.finetuning == "lora":
-                policy.unet.save_lora_adapter(final)
+                policy.denoiser.save_lora_adapter(final)
             else:
-                policy.unet.save_pretrained(final)
+                policy.denoiser.save_pretrained(final)
         if writer:
             writer.close()
         if history:

@@ -43,12 +43,24 @@ def test_cli_prints_the_reward_it_logged(tmp_path):
     assert (tmp_path / "final").is_dir()
 
 
+def test_grpo_runs_on_a_flow_model_with_group_normalised_advantages(tmp_path):
+    flow = [a if a != "tiny-random-pixel" else "tiny-random-pixel-flow" for a in TINY]
+    flow[flow.index("--samples-per-prompt") + 1] = "2"
+    out, err = cli("embedded-flow-grpo", *flow, "--epochs", "1", "--sde-window", "0", "1", "--output-dir", str(tmp_path)).communicate(timeout=300)
+    assert err.count("Traceback") == 0, err[-2000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert (config["algorithm"], config["ddpo"]["estimator"], config["ddpo"]["per_prompt_buffer"], config["ddpo"]["per_prompt_min_count"]) == ("grpo", "is", 2, 2)
+    assert config["sde_window"] == [0, 1] and config["model"] == "tiny-random-pixel-flow"
+    assert metrics(tmp_path)[-1]["reward_queries"] == 4 and (tmp_path / "final").is_dir()
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
         ({"algorithm": "ppo"}, "Unknown algorithm"),
         ({"ddpo": DDPOConfig(train_batch_size=5)}, "divisible"),
         ({"epochs": 0}, "epochs must be >= 1"),
+        ({"algorithm": "grpo", "samples_per_prompt": 1}, "samples_per_prompt must be >= 2"),
     ],
 )
 def test_bad_configs_fail_at_start(kwargs, match):
