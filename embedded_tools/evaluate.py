@@ -92,7 +92,8 @@ def main(config: EvalConfig) -> dict:
     text_params = sum(p.numel() for p in base.model.text_encoder.parameters())
     results["parameters"] = {"unet": unet_params, "text_encoder": text_params, "total": unet_params + text_params}
     results["sampling"] = {
-        "num_inference_steps": base.num_steps, "guidance_scale": policy.guidance_scale, "guidance_interval": policy.guidance_interval, "eta": policy.sampler.eta,
+        "num_inference_steps": base.num_steps, "guidance_scale": policy.guidance_scale, "guidance_interval": policy.guidance_interval,
+        "sampler": type(policy.sampler).__name__, "noise": getattr(policy.sampler, "eta", getattr(policy.sampler, "noise_level", None)),
     }  # fmt: skip
 
     samples = {}

@@ -8,7 +8,8 @@ The same classes as Stable Diffusion, smaller and without a VAE:
   embedding added to the timestep embedding (`addition_embed_type="text"`), so every resolution
   is conditioned at little cost;
 - scheduler: `DDIMScheduler` config with the cosine schedule, v-prediction, x_0 clipped to
-  [-1, 1], trailing timesteps (the first step starts from pure noise).
+  [-1, 1], trailing timesteps (the first step starts from pure noise); the embedded flow model
+  (same networks, trained as a flow) has a `FlowMatchEulerDiscreteScheduler` instead.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DConditionModel
 from transformers import CLIPTokenizer
 
 from diffusion_gym.embedded.world import ATTRIBUTES, IMAGE_SIZE
@@ -81,6 +82,11 @@ def build_scheduler() -> DDIMScheduler:
         timestep_spacing="trailing",
         steps_offset=0,
     )
+
+
+def build_flow_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """The embedded flow model's schedule: σ = t / 1000, no shift (a 32×32 image needs none)."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
 
 
 def build_untrained(seed: int = 0) -> DiffusionModel:

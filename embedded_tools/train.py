@@ -1,7 +1,18 @@
-"""Train the embedded default from scratch: the captioner, then the diffusion model.
+"""Train the embedded default from scratch: the captioner, then the diffusion model; or, with
+`--objective flow`, the embedded flow model from the embedded default.
 
     python -m embedded_tools.train                       # reproduces the shipped weights
     python -m embedded_tools.train --output-dir /tmp/e   # somewhere else
+    python -m embedded_tools.train --objective flow      # reproduces the shipped flow model
+
+The two objectives train the same networks (`embedded_tools.model`) on the same renders:
+- "v-prediction": the DDIM model, x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε on the cosine schedule, the target
+  the velocity √ᾱ_t ε − √(1 − ᾱ_t) x_0 (Salimans & Ho 2022);
+- "flow": rectified flow as SD3 and FLUX are trained (Esser et al. 2024, eq. 1 and 3):
+  x_σ = (1 − σ) x_0 + σ ε with σ uniform in [0, 1], the network given t = 1000 σ, the target the
+  velocity ε − x_0 (`diffusion_gym.samplers.flow_match`, (F1)–(F2)). It starts from the shipped
+  DDIM model's weights (`init_from`): the networks already know the world, only the
+  parametrisation of noise and target is new, so a short run suffices.
 
 On 2 CPU cores the default run takes 68 to 102 minutes, by the machine (benchmarks/README.md).
 Progress shows as a bar; every `log_every` steps the loss goes to `train_log.jsonl` in the output
@@ -16,17 +27,19 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 import tyro
 from tqdm import tqdm
 
-from diffusion_gym.embedded import EMBEDDED_DIR, world
+from diffusion_gym.embedded import EMBEDDED_DIR, EMBEDDED_FLOW_DIR, world
 from diffusion_gym.embedded.captioner import CaptionerTraining, train_captioner
-from embedded_tools.model import build_untrained
+from diffusion_gym.models import load_model
+from embedded_tools.model import build_flow_scheduler, build_untrained
 
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "train_log.jsonl"
@@ -36,8 +49,15 @@ LOG_NAME = "train_log.jsonl"
 class TrainConfig:
     """Training of the embedded text-to-image model (and its captioner)."""
 
+    objective: Literal["v-prediction", "flow"] = "v-prediction"
+    """What the network learns: the DDIM model's velocity, or a flow model's (module docstring).
+    "flow" also sets the defaults of `output_dir`, `init_from`, `steps`, `learning_rate`,
+    `warmup_steps` and `train_captioner` to the shipped flow model's (FLOW_DEFAULTS) unless they
+    are given."""
     output_dir: Path = EMBEDDED_DIR
     """Where the pipeline folder, the captioner, the loss log and checkpoints go."""
+    init_from: Path | None = None
+    """A pipeline folder whose UNet and text encoder the run starts from; None: fresh weights."""
     steps: int = 3600
     """Optimizer steps of the diffusion model."""
     batch_size: int = 64
@@ -68,6 +88,17 @@ class TrainConfig:
     """The captioner's training."""
 
 
+# The shipped flow model's run: 1200 steps from the embedded default, at a third of its learning rate.
+FLOW_DEFAULTS = {"output_dir": EMBEDDED_FLOW_DIR, "init_from": EMBEDDED_DIR, "steps": 1200, "learning_rate": 3e-4, "warmup_steps": 50, "train_captioner": False}
+
+
+def with_objective_defaults(config: TrainConfig, given: set[str]) -> TrainConfig:
+    """`config` with FLOW_DEFAULTS filled in for a flow run, where the command line left them out."""
+    if config.objective != "flow":
+        return config
+    return replace(config, **{key: value for key, value in FLOW_DEFAULTS.items() if key not in given})
+
+
 def _lr_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
@@ -92,6 +123,12 @@ def train(config: TrainConfig) -> Path:
             f.write(json.dumps({"model": "captioner", "seconds": time.perf_counter() - start}) + "\n")
 
     model = build_untrained(seed=config.seed)
+    if config.init_from is not None:
+        initial = load_model(str(config.init_from), device="cpu")
+        model.unet.load_state_dict(initial.unet.state_dict())
+        model.text_encoder.load_state_dict(initial.text_encoder.state_dict())
+    if config.objective == "flow":
+        model.scheduler = build_flow_scheduler()
     unet, text_encoder, tokenizer, scheduler = model.unet, model.text_encoder, model.tokenizer, model.scheduler
     unet.train()
     text_encoder.train()
@@ -122,10 +159,17 @@ def train(config: TrainConfig) -> Path:
         x0 = torch.from_numpy(batch.images).permute(0, 3, 1, 2).float() / 127.5 - 1
         prompts = ["" if drop else p for p, drop in zip(batch.prompts, rng.random(config.batch_size) < config.prompt_dropout)]
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
-        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
-        noise = torch.randn(x0.shape, generator=generator)
-        x_t = scheduler.add_noise(x0, noise, timesteps)
-        v_target = scheduler.get_velocity(x0, noise, timesteps)  # the velocity (Salimans & Ho 2022)
+        if config.objective == "flow":
+            sigma = torch.rand(config.batch_size, generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            s = sigma.view(-1, 1, 1, 1)
+            x_t, v_target = (1 - s) * x0 + s * noise, noise - x0  # (F1), (F2)
+            timesteps = sigma * scheduler.config.num_train_timesteps
+        else:
+            timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)
+            noise = torch.randn(x0.shape, generator=generator)
+            x_t = scheduler.add_noise(x0, noise, timesteps)
+            v_target = scheduler.get_velocity(x0, noise, timesteps)  # the velocity (Salimans & Ho 2022)
         v_pred = unet(x_t, timesteps, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = torch.nn.functional.mse_loss(v_pred, v_target)
         optimizer.zero_grad()
@@ -164,7 +208,11 @@ def train(config: TrainConfig) -> Path:
 
 
 def main() -> None:
-    train(tyro.cli(TrainConfig))
+    import sys
+
+    config = tyro.cli(TrainConfig)
+    given = {arg[2:].split("=")[0].removeprefix("no-").replace("-", "_") for arg in sys.argv[1:] if arg.startswith("--")}
+    train(with_objective_defaults(config, given))
 
 
 if __name__ == "__main__":

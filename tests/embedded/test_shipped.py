@@ -29,8 +29,23 @@ def test_the_embedded_model_has_its_own_row_of_env_and_policy_defaults():
     assert (expected.guidance_scale, expected.guidance_interval, expected.eta) == (3.0, (600, 999), 1.0)
 
 
-def test_make_vec_runs_offline_with_the_policy_from_the_env():
-    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=8, model="embedded", device="cpu")
+def test_the_embedded_flow_model_is_the_same_networks_as_a_flow_with_the_same_defaults():
+    model = load_model("embedded-flow", device="cpu")
+    assert model.is_flow and model.vae is None and model.sample_shape == (3, 32, 32)
+    assert type(model.scheduler).__name__ == "FlowMatchEulerDiscreteScheduler" and model.family.name == "stable-diffusion"
+    for env_id in ENV_IDS:
+        defaults = gym.spec(env_id).kwargs["defaults"]
+        assert defaults["embedded-flow"] == defaults["embedded"]
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=2, model="embedded-flow", device="cpu")
+    policy = DiffusionPolicy.from_env(envs)
+    assert type(policy.sampler).__name__ == "FlowSDESampler" and policy.sampler.diffusion == "flow-grpo"
+    assert (policy.guidance_scale, policy.guidance_interval) == (3.0, (600, 1000))
+    assert envs.unwrapped.single_observation_space["timestep"].dtype == np.float32
+
+
+@pytest.mark.parametrize("model", ["embedded", "embedded-flow"])
+def test_make_vec_runs_offline_with_the_policy_from_the_env(model):
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=8, model=model, device="cpu")
     batch = rollout(envs, DiffusionPolicy.from_env(envs), seed=0)
     assert batch.num_steps == envs.unwrapped.num_steps and batch.images.shape == (8, 32, 32, 3)
     assert torch.isfinite(batch.log_probs).all() and (batch.rewards < 0).all()
@@ -52,10 +67,11 @@ def test_every_task_runs_a_whole_episode_offline_and_passes_check_env(env_id):
     assert [str(w.message) for w in caught if "infinity" not in str(w.message)] == []
 
 
-def test_samples_show_what_their_prompts_say():
+@pytest.mark.parametrize("model", ["embedded", "embedded-flow"])
+def test_samples_show_what_their_prompts_say(model):
     """A quick quality check (the full evaluation is embedded_tools/evaluate.py): 32
-    samples of 8 training prompts, read back by the captioner."""
-    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=32, model="embedded", device="cpu")
+    samples of 8 training prompts, read back by the captioner; the flow model's with Flow-GRPO's SDE."""
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=32, model=model, device="cpu")
     policy = DiffusionPolicy.from_env(envs)
     prompts = [world.TRAIN_PROMPTS[i] for i in range(0, len(world.TRAIN_PROMPTS), 26)][:8] * 4
     images = rollout(envs, policy, prompts=prompts, seed=1, generator=torch.Generator().manual_seed(1), keep_steps=False).images
