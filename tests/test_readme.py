@@ -15,3 +15,4 @@ def test_readme_examples_run_in_order():
     assert namespace["images"].shape == (8, 32, 32, 3)
     grads = [p.grad for p in namespace["policy"].trainable_parameters()]
     assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)  # the LoRA adapters got gradients
+    assert namespace["metrics"]["grad_norm"] > 0  # the GRPO example trained
