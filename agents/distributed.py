@@ -36,10 +36,13 @@ def gather_prompts_and_rewards(prompts: Sequence[str], rewards: torch.Tensor) ->
 
 
 def average_gradients(parameters: Sequence[torch.nn.Parameter]) -> None:
-    """Replace each gradient by its mean over the processes (before the optimizer step)."""
+    """Replace each gradient by its mean over the processes (before the optimizer step); the
+    gradients of a sharded denoiser (`FineTuning.shard`: DTensors) FSDP has averaged already."""
     if not is_distributed():
         return
+    from torch.distributed.tensor import DTensor
+
     for p in parameters:
-        if p.grad is not None:
+        if p.grad is not None and not isinstance(p.grad, DTensor):
             dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
             p.grad /= world_size()

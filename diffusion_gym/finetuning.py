@@ -94,6 +94,36 @@ class FineTuning:
         else:
             yield self  # nothing is trained: the policy is its own reference
 
+    def shard(self) -> None:
+        """Shard the denoiser over the processes of the running torch.distributed group, for full
+        fine-tuning of a model too large for one device (FLUX.1's 12B transformer): each process
+        keeps 1/N of every parameter, its gradient and its optimizer state, and a block's weights
+        are gathered only while it runs.
+
+        The engine is torch's FSDP2 (`torch.distributed.fsdp.fully_shard`, which accelerate's FSDP
+        plugin drives too): every block of the denoiser's top-level block lists (a UNet's
+        down/up blocks, a transformer's blocks) is a unit, then the rest. FSDP averages the
+        gradients over the processes itself (`agents.distributed.average_gradients` leaves
+        sharded ones alone). A kept reference model is sharded alike. Call it after
+        `enable_full_finetuning` and before the agent is made (its optimizer must hold the
+        sharded parameters)."""
+        import torch.distributed as dist
+        from torch.distributed.fsdp import fully_shard
+
+        if not (dist.is_available() and dist.is_initialized()):
+            raise ValueError(
+                "shard() spreads the denoiser over the processes of a torch.distributed group, and none is running: "
+                "launch with `accelerate launch` or `torchrun`, which start one."
+            )
+        if self.finetuning != "full":
+            raise ValueError("shard() is for full fine-tuning (call enable_full_finetuning() first); LoRA adapters are small enough to keep whole on every process.")
+        for denoiser in [self.denoiser] + ([self._reference_denoiser] if self._reference_denoiser is not None else []):
+            for child in denoiser.children():
+                if isinstance(child, nn.ModuleList):
+                    for block in child:
+                        fully_shard(block)
+            fully_shard(denoiser)
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should update (empty until LoRA or full fine-tuning is enabled)."""
         return [p for p in self.denoiser.parameters() if p.requires_grad]
