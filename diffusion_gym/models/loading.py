@@ -169,7 +169,8 @@ def _load_pipeline_parts(model: str, local_files_only: bool) -> DiffusionModel:
     for suffix in ("", "_2", "_3"):
         if parts[f"text_encoder{suffix}"] is not None:
             _check_tokenizer(model, parts[f"tokenizer{suffix}"], parts[f"text_encoder{suffix}"], f"tokenizer{suffix}")
-    settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in COMPONENTS and not _names_a_class(value)}
+    # the pipeline's own settings (SDXL's force_zeros_for_empty_prompt), not parts it skips ([null, null] or a class)
+    settings = {key: value for key, value in index.items() if not key.startswith("_") and key not in COMPONENTS and isinstance(value, (bool, int, float, str))}
     sample_size = settings.pop("diffusion_gym_sample_size", None)
     loaded = DiffusionModel(**parts, name=model, sample_size=sample_size, pipeline_config=settings)
     loaded.family  # noqa: B018  (a model no family takes fails here, with its classes named)
