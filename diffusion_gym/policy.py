@@ -66,7 +66,7 @@ class Sampling:
 
 # The policy's defaults per model name, then per family, then "*" (any other model: the paper's
 # setup). The embedded models guide with w = 3 at t >= 600 only (their first 8 of 20 steps; one
-# UNet pass at the rest). SD3 as Flow-GRPO samples it (w = 4.5); FLUX.1-dev with its distilled
+# denoiser pass at the rest). SD3 as Flow-GRPO samples it (w = 4.5); FLUX.1-dev with its distilled
 # guidance at 3.5 (its pipeline's default).
 SAMPLING: dict[str, Sampling] = {
     "*": Sampling(),
