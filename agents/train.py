@@ -165,7 +165,7 @@ class TrainConfig:
         if self.num_envs % self.samples_per_prompt:
             raise ValueError(f"samples_per_prompt ({self.samples_per_prompt}) must divide num_envs ({self.num_envs}).")
         samples = self.num_envs * self.batches_per_epoch
-        if self.algorithm == "grpo":
+        if self.algorithm == "grpo":  # the group normalisation; the KL weight stays ddpo.kl_coef (grpo_config's presets set it)
             if self.samples_per_prompt < 2:
                 raise ValueError(f"grpo normalises each prompt's rewards within its group: samples_per_prompt must be >= 2, got {self.samples_per_prompt}.")
             group = self.samples_per_prompt
@@ -305,8 +305,8 @@ def paper_preset(algorithm: str) -> TrainConfig:
 def embedded_flow_preset() -> TrainConfig:
     """GRPO on the embedded flow model on 2 CPU cores, with the budget, LoRA and sampling batch of
     `embedded_preset("ddpo-is")` so the two compare side by side: 10 steps of Flow-GRPO's SDE
-    (a = 0.7) without guidance, 8 prompts × 8 samples a batch, each prompt normalised within its
-    group; clip range 1e-3 and no KL term (as the DDPO-IS preset: the reference pass would cost a
+    (a = 0.7) without guidance, 8 samples of each prompt (2 prompts a sampling batch of 16, 64
+    samples an epoch), each prompt normalised within its group; clip range 1e-3 and no KL term (as the DDPO-IS preset: the reference pass would cost a
     third more a step); steps whose std is below a fifth of the largest are not trained on (the
     same rule as the DDPO-IS preset's: at 10 steps of this SDE the last three)."""
     config = embedded_preset("ddpo-is")
@@ -317,14 +317,15 @@ def embedded_flow_preset() -> TrainConfig:
 
 
 def sd35_flow_grpo_preset() -> TrainConfig:
-    """Flow-GRPO's PickScore run on SD3.5-Medium (its config `pickscore_sd3`), on GPUs: 10 SDE
-    steps (a = 0.7) at guidance 4.5, 24 samples per prompt, LoRA rank 32 at lr 3e-4, clip
-    range 1e-4 on per-dimension log-probs, KL β 0.04, bf16; 8 processes."""
+    """Flow-GRPO's PickScore settings for SD3.5-Medium (its config `pickscore_sd3`), on GPUs: 10
+    SDE steps (a = 0.7) at guidance 4.5, 24 samples per prompt, LoRA rank 32 at lr 3e-4, clip
+    range 1e-4 on per-dimension log-probs, KL β 0.01, bf16; 8 processes. One difference: the
+    images are SD3.5-M's default 1024 px (Flow-GRPO samples 512 px; the env has no size option yet)."""
     return TrainConfig(
         algorithm="grpo", env_id="DiffusionAesthetic-v0", model="stabilityai/stable-diffusion-3.5-medium", reward="pickscore",
         num_inference_steps=10, guidance_scale=4.5, num_envs=24, batches_per_epoch=2, samples_per_prompt=24, epochs=1000,
         lora_rank=32, device="cuda", dtype="bfloat16",
-        ddpo=grpo_config(24, learning_rate=3e-4, train_batch_size=8, gradient_accumulation_steps=3, mixed_precision="bf16"),
+        ddpo=grpo_config(24, learning_rate=3e-4, train_batch_size=8, gradient_accumulation_steps=3, kl_coef=0.01, mixed_precision="bf16"),
         output_dir=Path("runs/sd35-flow-grpo"),
     )  # fmt: skip
 

@@ -96,9 +96,10 @@ class FineTuning:
 
     def shard(self) -> None:
         """Shard the denoiser over the processes of the running torch.distributed group, for full
-        fine-tuning of a model too large for one device (FLUX.1's 12B transformer): each process
-        keeps 1/N of every parameter, its gradient and its optimizer state, and a block's weights
-        are gathered only while it runs.
+        fine-tuning whose gradients and optimizer state would not fit one device (FLUX.1's 12B
+        transformer): each process keeps 1/N of every parameter, its gradient and its optimizer
+        state, and a block's weights are gathered only while it runs. The model is loaded whole
+        first, so it must fit one device once.
 
         The engine is torch's FSDP2 (`torch.distributed.fsdp.fully_shard`, which accelerate's FSDP
         plugin drives too): every block of the denoiser's top-level block lists (a UNet's

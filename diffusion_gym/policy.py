@@ -53,8 +53,9 @@ class Sampling:
     """(first, stop): only a flow sampler's steps first, ..., stop − 1 are stochastic, the rest
     ODE steps without a log-prob that no agent trains on (Flow-GRPO-Fast); None: every step."""
     sde_window_size: int | None = None
-    """A stochastic window of this many steps whose start is drawn for each batch of episodes
-    (MixGRPO); None: `sde_window`."""
+    """A stochastic window of this many steps whose start is drawn for each batch of episodes,
+    within the episode's first half (Flow-GRPO-Fast's `sde_window_range`, (0, N/2): the steps
+    that explore most; a window longer than that starts at 0); None: `sde_window`."""
     guidance_scale: float = 5.0
     """Classifier-free guidance weight w (1.0: the conditional prediction alone; the paper: 5.0)."""
     guidance_interval: tuple[int, int] | None = None
@@ -317,7 +318,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
             return None
         index = self.sampler.step_index(timesteps).cpu()
         if self._window_start is None or bool((index == 0).any()):
-            last_start = self.sampler.num_inference_steps - self.sde_window_size
+            last_start = max(0, self.sampler.num_inference_steps // 2 - self.sde_window_size)  # windows inside the first half
             self._window_start = torch.randint(0, last_start + 1, (1,), generator=generator, device="cpu" if generator is None else generator.device).cpu()
         return (index >= self._window_start) & (index < self._window_start + self.sde_window_size)
 

@@ -113,12 +113,21 @@ def test_the_conditioning_is_the_pipelines(name):
         torch.testing.assert_close(ours[key], theirs[key])
 
 
-@pytest.mark.parametrize("name", ["tiny-random-sd3", "tiny-random-flux"])
+def sd3_shifted_by_image_size():
+    """The tiny SD3 with a schedule shifted by the image size, as the pipeline computes it."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    model = load_model("tiny-random-sd3", device="cpu")
+    model.scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256, base_shift=0.5, max_shift=1.15)
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny-random-sd3", "tiny-random-flux", "sd3-shifted-by-image-size"])
 def test_an_ode_episode_is_the_pipelines_sample(name):
     """With the noise at zero every step is the ODE step: the env's episode, driven by the policy,
     ends at the latents the diffusers pipeline samples from the same x_T (guidance, schedule,
     conditioning, FLUX's packing and shift all alike)."""
-    envs = make_vec(name, num_envs=2, steps=4, array_type="torch")
+    envs = make_vec(sd3_shifted_by_image_size() if name == "sd3-shifted-by-image-size" else name, num_envs=2, steps=4, array_type="torch")
     model = envs.unwrapped.model
     policy = DiffusionPolicy.from_env(envs, noise_level=0.0, guidance_scale=4.0)
     batch = rollout(envs, policy, prompts=PROMPTS, seed=0, keep_steps=True, score=False)
@@ -143,12 +152,14 @@ def test_a_fixed_window_and_a_drawn_window_are_the_only_stochastic_steps_and_the
     fixed = DiffusionPolicy.from_env(envs, sde_window=(1, 3))
     batch = rollout(envs, fixed, seed=0, generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(batch.log_probs).all(dim=0).tolist() == [False, True, True, False]
+    envs = make_vec("tiny-random-pixel-flow", num_envs=4, steps=6, array_type="torch")
     drawn = DiffusionPolicy.from_env(envs, sde_window_size=2)
     drawn.enable_full_finetuning()
     batch = rollout(envs, drawn, num_batches=6, seed=0, generator=torch.Generator().manual_seed(0))
     windows = {tuple(torch.isfinite(batch.log_probs[i]).tolist()) for i in range(len(batch))}
-    assert all(sum(w) == 2 and w.index(True) + 1 < 4 and w[w.index(True) + 1] for w in windows)  # two neighbouring steps
-    assert len(windows) > 1  # drawn anew per batch
+    starts = {w.index(True) for w in windows}
+    assert all(sum(w) == 2 and w[w.index(True) + 1] for w in windows)  # two neighbouring steps
+    assert starts == {0, 1}  # drawn anew per batch, inside the first half (steps 0-2)
     agent = DDPO(drawn, DDPOConfig(learning_rate=1e-3, train_batch_size=8, per_prompt_min_count=2))
     assert torch.equal(agent.trainable_steps(batch), torch.isfinite(batch.log_probs))
     before = [p.detach().clone() for p in drawn.trainable_parameters()]
@@ -172,3 +183,15 @@ def test_the_policy_refuses_a_sampler_or_setting_that_does_not_fit_the_model():
         DiffusionPolicy.from_env(flow, sde_window=(0, 1), sde_window_size=1)
     assert type(DiffusionPolicy.from_env(flow, sampler="cps").sampler).__name__ == "CPSSampler"
     assert DiffusionPolicy.from_env(flux).guidance_scale == 3.5  # the family's row of SAMPLING
+
+
+def test_in_float16_what_the_libraries_keep_in_float32_stays_there():
+    """T5's `wo` layers (transformers' `_keep_in_fp32_modules`) and a VAE with `force_upcast`
+    (SDXL's overflows in float16) stay float32; everything else is cast before it moves."""
+    model = load_model("tiny-random-sd3", device="cpu", dtype="float16")
+    t5 = dict(model.text_encoder_3.named_parameters())
+    assert all(p.dtype == torch.float32 for n, p in t5.items() if ".wo." in n) and any(".wo." in n for n in t5)
+    assert all(p.dtype == torch.float16 for n, p in t5.items() if ".wo." not in n)
+    assert model.vae.config.force_upcast and model.vae.dtype == torch.float32 and model.transformer.dtype == torch.float16
+    images = model.decode(torch.randn(2, *model.sample_shape).half())
+    assert images.shape == (2, 16, 16, 3) and images.std() > 0

@@ -18,6 +18,14 @@ import torch
 import diffusers
 
 # The parts of a pipeline folder that are loaded, in model_index.json's names.
+def _keep_in_float32(module: torch.nn.Module) -> None:
+    """Put back in float32 the layers a transformers model keeps there (`_keep_in_fp32_modules`)."""
+    names = getattr(module, "_keep_in_fp32_modules", None) or []
+    for name, sub in module.named_modules():
+        if any(part in names for part in name.split(".")):
+            sub.to(torch.float32)
+
+
 COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler", "vae")
 REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
 DENOISERS = ("unet", "transformer")
@@ -126,11 +134,18 @@ class DiffusionModel:
         return (height * self.vae_scale_factor, width * self.vae_scale_factor, 3)
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "DiffusionModel":
-        """Move the networks in place (like `nn.Module.to`) and return self."""
+        """Cast, then move, the networks in place (like `nn.Module.to`) and return self: a 12B
+        transformer reaches the GPU in bf16, not in float32 first. What the libraries keep in
+        float32 stays there in float16: a VAE with `force_upcast` (SDXL's overflows in float16,
+        so its pipeline decodes in float32) and the layers a transformers model lists in
+        `_keep_in_fp32_modules` (T5's `wo`)."""
         for module in self.modules:
-            module.to(device=device)
             if dtype is not None and module.dtype != dtype:  # diffusers warns on every dtype cast
-                module.to(dtype=dtype)
+                if not (dtype == torch.float16 and module is self.vae and getattr(module.config, "force_upcast", False)):
+                    module.to(dtype=dtype)
+                    if dtype == torch.float16:
+                        _keep_in_float32(module)
+            module.to(device=device)
         return self
 
     @torch.no_grad()
@@ -146,8 +161,14 @@ class DiffusionModel:
         if self.vae is None:
             images = x0
         else:
-            latents = x0 / self.vae.config.scaling_factor
-            shift = getattr(self.vae.config, "shift_factor", None)  # SD3's and FLUX's VAEs are shifted too
+            config = self.vae.config
+            mean, std = getattr(config, "latents_mean", None), getattr(config, "latents_std", None)
+            if mean is not None and std is not None:  # a VAE with per-channel latent statistics, as its pipeline decodes them
+                shape = (1, -1, 1, 1)
+                latents = x0 * torch.tensor(std, device=x0.device).view(shape) / config.scaling_factor + torch.tensor(mean, device=x0.device).view(shape)
+            else:
+                latents = x0 / config.scaling_factor
+            shift = getattr(config, "shift_factor", None)  # SD3's and FLUX's VAEs are shifted too
             if shift is not None:
                 latents = latents + shift
             images = self.vae.decode(latents.to(device=self.vae.device, dtype=self.vae.dtype)).sample

@@ -67,6 +67,15 @@ class ModelFamily(ABC):
         return {}
 
 
+def image_size_shift(scheduler_config, image_seq_len: int) -> float:
+    """mu of a schedule shifted by the image size (`use_dynamic_shifting`): linear in the number of
+    image tokens between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift), as
+    diffusers' `calculate_shift`."""
+    c = scheduler_config
+    slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
+    return image_seq_len * slope + c.base_shift - slope * c.base_image_seq_len
+
+
 def tokenize(tokenizer, prompts: Sequence[str], device: torch.device, max_length: int | None = None) -> torch.Tensor:
     """Token ids padded to `max_length` (None: the tokenizer's length), (B, L) on `device`."""
     max_length = tokenizer.model_max_length if max_length is None else max_length

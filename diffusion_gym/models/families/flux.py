@@ -20,7 +20,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from diffusion_gym.models.families.base import Conditioning, ModelFamily, t5_length, tokenize
+from diffusion_gym.models.families.base import Conditioning, ModelFamily, image_size_shift, t5_length, tokenize
 
 DEFAULT_SAMPLE_SIZE = 128
 """Latent height and width when neither the model nor the transformer's config gives one (1024 pixels)."""
@@ -80,11 +80,8 @@ class Flux(ModelFamily):
         return (int(model.transformer.config.in_channels) // 4, int(size), int(size))
 
     def schedule(self, model, num_inference_steps: int) -> dict:
-        sigmas = np.linspace(1.0, 1 / num_inference_steps, num_inference_steps).tolist()
-        config = model.scheduler.config
-        if not config.get("use_dynamic_shifting", False):
-            return {"sigmas": sigmas}
-        _, height, width = self.sample_shape(model)
-        patches = (height // 2) * (width // 2)
-        slope = (config.max_shift - config.base_shift) / (config.max_image_seq_len - config.base_image_seq_len)
-        return {"sigmas": sigmas, "mu": patches * slope + config.base_shift - slope * config.base_image_seq_len}
+        schedule = {"sigmas": np.linspace(1.0, 1 / num_inference_steps, num_inference_steps).tolist()}
+        if model.scheduler.config.get("use_dynamic_shifting", False):
+            _, height, width = self.sample_shape(model)
+            schedule["mu"] = image_size_shift(model.scheduler.config, (height // 2) * (width // 2))
+        return schedule

@@ -5,7 +5,8 @@ As `StableDiffusion3Pipeline`: the CLIP encoders' penultimate hidden states are 
 zero-padded to T5's width and put before T5's tokens; the pooled projections of both CLIPs are
 concatenated. T5 reads 256 tokens (the pipeline's `max_sequence_length`); without T5 (the
 pipeline allows dropping it) its tokens are zeros. The schedule is the scheduler's own (SD3's is
-shifted by 3 in its config).
+shifted by 3 in its config), or, where the config shifts by the image size, shifted by the number
+of patches as the pipeline does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Sequence
 
 import torch
 
-from diffusion_gym.models.families.base import Conditioning, ModelFamily, clip_hidden_and_pooled, t5_length, tokenize
+from diffusion_gym.models.families.base import Conditioning, ModelFamily, clip_hidden_and_pooled, image_size_shift, t5_length, tokenize
 
 
 class SD3(ModelFamily):
@@ -43,3 +44,10 @@ class SD3(ModelFamily):
         return denoiser(
             hidden_states=x, timestep=timesteps, encoder_hidden_states=cond["encoder_hidden_states"], pooled_projections=cond["pooled_projections"]
         ).sample
+
+    def schedule(self, model, num_inference_steps: int) -> dict:
+        if not model.scheduler.config.get("use_dynamic_shifting", False):
+            return {}
+        _, height, width = self.sample_shape(model)
+        patch = model.transformer.config.patch_size
+        return {"mu": image_size_shift(model.scheduler.config, (height // patch) * (width // patch))}
