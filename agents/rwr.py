@@ -24,6 +24,7 @@ import torch
 from agents.distributed import average_gradients, gather_prompts_and_rewards
 from diffusion_gym.policy import DiffusionPolicy
 from diffusion_gym.rollout import Trajectories
+from diffusion_gym.samplers import noised
 
 
 @dataclass
@@ -92,8 +93,7 @@ def denoising_loss(
     noise = torch.randn(x0.shape, generator=generator, device="cpu").to(policy.device)
     if flow:
         timesteps = timesteps.float()
-        sigma = (timesteps / num_train_timesteps).view(-1, 1, 1, 1)
-        x_t, target = (1 - sigma) * x0 + sigma * noise, noise - x0
+        x_t, target = noised(x0, noise, timesteps / num_train_timesteps)
     else:
         timesteps = timesteps.long()
         x_t = scheduler.add_noise(x0, noise, timesteps)

@@ -239,8 +239,8 @@ class DiffusionPolicy(FineTuning, nn.Module):
 
     def _unconditional(self, batch: int) -> Conditioning:
         """The conditioning classifier-free guidance contrasts with (the family's: the empty
-        prompt's, or SDXL's zeros), for `batch` samples; computed once."""
-        self._renew_cache()
+        prompt's, or SDXL's zeros), for `batch` samples; computed once (`predict` has renewed the
+        cache through `encode_prompts` already)."""
         if self._unconditional_embeds is None:
             with torch.no_grad():
                 self._unconditional_embeds = {name: value[0] for name, value in self.family.unconditional(self.model).items()}
@@ -308,7 +308,10 @@ class DiffusionPolicy(FineTuning, nn.Module):
         prediction = self.predict(x_t, timesteps, prompts)
         if isinstance(self.sampler, DDIMSampler):
             return self.sampler.step(prediction, timesteps, x_t, prev_sample=action, generator=generator)
-        stochastic = torch.ones(x_t.shape[0], dtype=torch.bool) if action is not None else self._stochastic(timesteps, generator)
+        if action is None:
+            stochastic = self._stochastic(timesteps, generator)
+        else:  # scored as a stochastic step: a mask only where a fixed window would make it an ODE step
+            stochastic = None if self.sampler.sde_window is None else torch.ones(x_t.shape[0], dtype=torch.bool)
         return self.sampler.step(prediction, timesteps, x_t, prev_sample=action, generator=generator, stochastic=stochastic)
 
     def _stochastic(self, timesteps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor | None:

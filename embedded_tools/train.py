@@ -39,6 +39,7 @@ from tqdm import tqdm
 from diffusion_gym.embedded import EMBEDDED_DIR, EMBEDDED_FLOW_DIR, world
 from diffusion_gym.embedded.captioner import CaptionerTraining, train_captioner
 from diffusion_gym.models import load_model
+from diffusion_gym.samplers import noised
 from embedded_tools.model import build_flow_scheduler, build_untrained
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -161,9 +162,7 @@ def train(config: TrainConfig) -> Path:
         ids = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
         if config.objective == "flow":
             sigma = torch.rand(config.batch_size, generator=generator)
-            noise = torch.randn(x0.shape, generator=generator)
-            s = sigma.view(-1, 1, 1, 1)
-            x_t, v_target = (1 - s) * x0 + s * noise, noise - x0  # (F1), (F2)
+            x_t, v_target = noised(x0, torch.randn(x0.shape, generator=generator), sigma)  # (F1), (F2)
             timesteps = sigma * scheduler.config.num_train_timesteps
         else:
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (config.batch_size,), generator=generator)

@@ -178,7 +178,7 @@ class DiffusionVectorEnv(VectorEnv):
         self.action_space = batch_space(self.single_action_space, num_envs)
 
         self._timesteps: list[float] = self.scheduler.timesteps.tolist()
-        self._timestep_dtype = np.float32 if self.model.is_flow else np.int64
+        self._timestep_dtype = (np.float32, torch.float32) if self.model.is_flow else (np.int64, torch.int64)  # numpy, torch
         self._step_index: int | None = None  # None until the first reset
         self._x: torch.Tensor | None = None  # (num_envs, C, H, W) float32 on self.device
         self._episode_prompts: list[str] = []
@@ -371,10 +371,9 @@ class DiffusionVectorEnv(VectorEnv):
     def _observation(self) -> dict[str, Any]:
         timestep = 0 if self._episode_over else self._timesteps[self._step_index]
         if self.array_type == "torch":
-            dtype = torch.float32 if self._timestep_dtype == np.float32 else torch.int64
-            timesteps = torch.full((self.num_envs,), timestep, dtype=dtype, device=self.device)
+            timesteps = torch.full((self.num_envs,), timestep, dtype=self._timestep_dtype[1], device=self.device)
             return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x}
-        timesteps = np.full(self.num_envs, timestep, dtype=self._timestep_dtype)
+        timesteps = np.full(self.num_envs, timestep, dtype=self._timestep_dtype[0])
         return {"prompt": tuple(self._episode_prompts), "timestep": timesteps, "x_t": self._x.cpu().numpy().copy()}
 
     def _out(self, array: np.ndarray) -> Any:

@@ -149,11 +149,8 @@ def build_tiny_random(seed: int = 0, pixel_space: bool = False, flow: bool = Fal
         scheduler = FlowMatchEulerDiscreteScheduler(shift=1.0)
     if pixel_space:
         vae = None
-    for module in (unet, text_encoder, vae):
-        if module is not None:
-            module.eval()
     name = ("tiny-random-pixel-flow" if flow else "tiny-random-pixel") if pixel_space else "tiny-random"
-    return DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, name=name)
+    return _in_eval_mode(DiffusionModel(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler, vae=vae, name=name))
 
 
 def build_tiny_sdxl(seed: int = 0) -> DiffusionModel:
@@ -173,7 +170,7 @@ def build_tiny_sdxl(seed: int = 0) -> DiffusionModel:
         )  # fmt: skip
         vae = tiny_vae(latent_channels=4)
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
-    return _frozen(DiffusionModel(
+    return _in_eval_mode(DiffusionModel(
         unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         scheduler=scheduler, vae=vae, name="tiny-random-sdxl", pipeline_config={"force_zeros_for_empty_prompt": True},
     ))  # fmt: skip
@@ -193,7 +190,7 @@ def build_tiny_sd3(seed: int = 0) -> DiffusionModel:
             joint_attention_dim=2 * TEXT_DIM, caption_projection_dim=32, pooled_projection_dim=2 * TEXT_DIM, pos_embed_max_size=16,
         )  # fmt: skip
         vae = tiny_vae(latent_channels=4, shift_factor=0.0609)
-    return _frozen(DiffusionModel(
+    return _in_eval_mode(DiffusionModel(
         transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=vae, name="tiny-random-sd3",
         pipeline_config={"max_sequence_length": 32},
@@ -214,13 +211,14 @@ def build_tiny_flux(seed: int = 0) -> DiffusionModel:
         )  # fmt: skip
         vae = tiny_vae(latent_channels=4, shift_factor=0.1159)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
-    return _frozen(DiffusionModel(
+    return _in_eval_mode(DiffusionModel(
         transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         scheduler=scheduler, vae=vae, name="tiny-random-flux", sample_size=8, pipeline_config={"max_sequence_length": 32},
     ))  # fmt: skip
 
 
-def _frozen(model: DiffusionModel) -> DiffusionModel:
+def _in_eval_mode(model: DiffusionModel) -> DiffusionModel:
+    """`model` with its networks in eval mode (no dropout), as a loaded pipeline's are."""
     for module in model.modules:
         module.eval()
     return model

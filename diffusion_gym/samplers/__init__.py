@@ -9,7 +9,7 @@ in `base.gaussian_log_prob`.
 from diffusion_gym.samplers.base import SamplerStep, gaussian_kl, gaussian_log_prob
 from diffusion_gym.samplers.cps import CPSSampler
 from diffusion_gym.samplers.ddim import DDIMSampler, ddim_scheduler
-from diffusion_gym.samplers.flow_match import FlowMatchSampler, flow_match_scheduler
+from diffusion_gym.samplers.flow_match import FlowMatchSampler, flow_match_scheduler, noised
 from diffusion_gym.samplers.flow_sde import FlowSDESampler
 
 __all__ = [
@@ -22,4 +22,5 @@ __all__ = [
     "flow_match_scheduler",
     "gaussian_kl",
     "gaussian_log_prob",
+    "noised",
 ]

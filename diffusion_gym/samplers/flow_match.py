@@ -58,6 +58,13 @@ def flow_match_scheduler(
     return scheduler
 
 
+def noised(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training pair of a flow model at noise level σ ((B,) or broadcastable): x_σ (F1) and
+    the velocity target ε − x_0 (F2), each shaped like `x0`."""
+    sigma = sigma.reshape(-1, *(1,) * (x0.ndim - 1)) if sigma.ndim == 1 else sigma
+    return (1 - sigma) * x0 + sigma * noise, noise - x0
+
+
 class FlowMatchSampler(ABC):
     """The skeleton of a flow-matching step as a Gaussian policy; a subclass gives `_std` and `_mean`.
 

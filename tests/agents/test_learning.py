@@ -19,9 +19,9 @@ def brightness(images, prompts):
     return images.astype(np.float64).mean(axis=(1, 2, 3)) / 255.0, {}
 
 
-def make(num_envs=16, model="tiny-random-pixel", **sampling):
+def make(num_envs=16, model="tiny-random-pixel", steps=3, **sampling):
     envs = gym.make_vec(
-        "DiffusionCompressibility-v0", num_envs=num_envs, model=model, num_inference_steps=3,
+        "DiffusionCompressibility-v0", num_envs=num_envs, model=model, num_inference_steps=steps,
         reward=brightness, prompts=["a cat", "a dog"], device="cpu", array_type="torch",
     )  # fmt: skip
     policy = DiffusionPolicy.from_env(envs, **{"guidance_scale": 1.0, **sampling})
@@ -43,12 +43,12 @@ def evaluate(envs, policy, seed=1234):
     return rollout(envs, policy, num_batches=4, generator=torch.Generator().manual_seed(seed)).rewards.numpy()
 
 
-def assert_learns(envs, policy, agent, epochs):
+def assert_learns(envs, policy, agent, epochs, samples_per_prompt=1):
     before = evaluate(envs, policy)
     envs.reset(seed=0)
     generator = torch.Generator().manual_seed(0)
     for _ in range(epochs):
-        agent.update(rollout(envs, policy, num_batches=1, generator=generator))
+        agent.update(rollout(envs, policy, num_batches=1, samples_per_prompt=samples_per_prompt, generator=generator))
     after = evaluate(envs, policy)
     gain = after - before
     noise = 3 * gain.std(ddof=1) / np.sqrt(len(gain))
@@ -218,19 +218,6 @@ def test_grpo_learns_on_every_family(family):
     """GRPO (DDPO-IS with group-normalised advantages) raises the brightness of each family's tiny
     model: on the flow models with Flow-GRPO's SDE, on SDXL with DDIM."""
     model, steps, epochs = FAMILY_RUNS[family]
-    envs = gym.make_vec(
-        "DiffusionCompressibility-v0", num_envs=16, model=model, num_inference_steps=steps,
-        reward=brightness, prompts=["a cat", "a dog"], device="cpu", array_type="torch",
-    )  # fmt: skip
-    policy = DiffusionPolicy.from_env(envs, guidance_scale=1.0)
-    policy.enable_full_finetuning()
+    envs, policy = make(model=model, steps=steps)
     config = grpo_config(8, learning_rate=1e-3, train_batch_size=8, num_inner_epochs=2, clip_range=0.2, kl_coef=0.0)
-    agent = DDPO(policy, config)
-    before = evaluate(envs, policy)
-    envs.reset(seed=0)
-    generator = torch.Generator().manual_seed(0)
-    for _ in range(epochs):
-        agent.update(rollout(envs, policy, num_batches=1, samples_per_prompt=8, generator=generator))
-    gain = evaluate(envs, policy) - before
-    noise = 3 * gain.std(ddof=1) / np.sqrt(len(gain))
-    assert gain.mean() > noise, f"gain {gain.mean():.5f} <= 3 s.e. {noise:.5f}"
+    assert_learns(envs, policy, DDPO(policy, config), epochs, samples_per_prompt=8)

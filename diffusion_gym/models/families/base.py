@@ -70,7 +70,8 @@ class ModelFamily(ABC):
 def image_size_shift(scheduler_config, image_seq_len: int) -> float:
     """mu of a schedule shifted by the image size (`use_dynamic_shifting`): linear in the number of
     image tokens between (base_image_seq_len, base_shift) and (max_image_seq_len, max_shift), as
-    diffusers' `calculate_shift`."""
+    diffusers' `calculate_shift` (not imported: its module loads the FLUX pipeline and, with it,
+    transformers' image processors and their warnings)."""
     c = scheduler_config
     slope = (c.max_shift - c.base_shift) / (c.max_image_seq_len - c.base_image_seq_len)
     return image_seq_len * slope + c.base_shift - slope * c.base_image_seq_len
