@@ -31,6 +31,12 @@ from diffusion_gym.rollout import Trajectories
 from diffusion_gym.samplers import gaussian_kl
 
 
+# A pass of the automatic `DDPOConfig.steps_per_pass` holds at most this many latent values
+# (train batch × 2 for guidance × C × H × W): 2 steps of 8 samples of 4×8×8 latents; one step
+# of 8 samples of Stable Diffusion's 4×64×64 or of the embedded model's 3×32×32.
+AUTO_PASS_LATENT_VALUES = 8192
+
+
 @dataclass
 class DDPOConfig:
     """DDPO hyperparameters (defaults: ddpo-pytorch's LoRA settings for Stable Diffusion)."""
@@ -73,6 +79,14 @@ class DDPOConfig:
     """Weight of the per-step KL penalty toward the starting model (0: off)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for the training forward pass ("fp16" on CUDA only)."""
+    steps_per_pass: int | None = None
+    """How many of a minibatch's sampler steps share one denoiser pass (forward and backward).
+    The update does not depend on it (each step's loss is computed as in a pass of its own; float
+    rounding aside): it trades memory (activations of k steps at once) for fewer, larger passes.
+    None: in float32 training, as many as keep a pass within `AUTO_PASS_LATENT_VALUES` latent
+    values, so only small latents, whose passes cost mostly per-operation overhead, group steps;
+    under mixed precision one a pass (autocast keeps half-precision copies of the activations it
+    casts, so a grouped pass costs more memory there)."""
 
     def check(self, prefix: str = "") -> None:
         """Raise ValueError for a setting out of range, named with `prefix` ("ddpo." inside a
@@ -91,6 +105,7 @@ class DDPOConfig:
             (self.max_grad_norm > 0, "max_grad_norm must be > 0"),
             (self.kl_coef >= 0, f"kl_coef must be >= 0, got {self.kl_coef}"),
             (self.mixed_precision in ("no", "bf16", "fp16"), f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}"),
+            (self.steps_per_pass is None or self.steps_per_pass >= 1, f"steps_per_pass must be None (automatic) or >= 1, got {self.steps_per_pass}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -195,28 +210,36 @@ class DDPO:
         stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl": [], "grad_norm": []}
         dims = batch.samples[0, 0].numel() if config.log_prob_reduce == "mean" else 1  # the policy's log-probs are sums
 
+        per_pass = self.steps_per_pass(batch, steps_trained)
         for _ in range(inner_epochs):
             order = torch.randperm(num_samples, generator=self.generator)
             steps_of = self._draw_steps(valid, steps_trained)  # each sample trains on its own random subset of steps, in random order
             for m in range(minibatches_per_epoch):
                 index = order[m * config.train_batch_size : (m + 1) * config.train_batch_size]
-                for j in range(steps_trained):
-                    steps = steps_of[index, j]
-                    obs, action = batch.observation(index, steps), batch.action(index, steps)
+                for first in range(0, steps_trained, per_pass):
+                    # steps first, ..., first + k − 1 of each sample in one pass, step-major: (k × b,)
+                    steps = steps_of[index, first : first + per_pass].T
+                    k, b = steps.shape
+                    rows, steps = index.repeat(k), steps.reshape(-1)
+                    obs, action = batch.observation(rows, steps), batch.action(rows, steps)
                     with autocast:
                         out = policy(obs, action=action)
-                    log_prob, old_log_prob = out.log_prob / dims, batch.log_probs[index, steps] / dims
-                    loss, info = ddpo_loss(log_prob, old_log_prob, advantages[index], config.estimator, config.clip_range)
+                    log_probs, old_log_probs = (out.log_prob / dims).view(k, b), (batch.log_probs[rows, steps] / dims).view(k, b)
                     if config.kl_coef > 0:
                         with torch.no_grad(), policy.reference(), autocast:
                             reference_mean = policy(obs, action=action).mean
-                        kl = gaussian_kl(out.mean, reference_mean, out.std, reduce=config.log_prob_reduce).mean()
-                        loss = loss + config.kl_coef * kl
-                        stats["kl"].append(kl.item())
-                    stats["loss"].append(loss.item())
-                    stats["approx_kl"].append(info["approx_kl"])
-                    stats["clipfrac"].append(info["clipfrac"])
-                    scaled = loss * len(index) / (steps_trained * config.train_batch_size * accumulate)
+                        kls = gaussian_kl(out.mean, reference_mean, out.std, reduce=config.log_prob_reduce).view(k, b).mean(dim=1)
+                    total = 0.0
+                    for i in range(k):  # each step's loss as if it had a pass of its own
+                        loss, info = ddpo_loss(log_probs[i], old_log_probs[i], advantages[index], config.estimator, config.clip_range)
+                        if config.kl_coef > 0:
+                            loss = loss + config.kl_coef * kls[i]
+                            stats["kl"].append(kls[i].item())
+                        stats["loss"].append(loss.item())
+                        stats["approx_kl"].append(info["approx_kl"])
+                        stats["clipfrac"].append(info["clipfrac"])
+                        total = total + loss
+                    scaled = total * len(index) / (steps_trained * config.train_batch_size * accumulate)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 if (m + 1) % accumulate == 0 or m == minibatches_per_epoch - 1:
                     stats["grad_norm"].append(self._step())
@@ -242,6 +265,16 @@ class DDPO:
                 f"min_step_std_ratio={self.config.min_step_std_ratio} of the largest; widen the policy's sde_window or lower min_step_std_ratio."
             )
         return max(1, round(fewest * self.config.timestep_fraction))
+
+    def steps_per_pass(self, batch: Trajectories, steps_trained: int) -> int:
+        """The sampler steps of a minibatch that share a denoiser pass: `steps_per_pass`, or with
+        None (float32 training) as many as keep a pass (train batch × 2 for guidance × one latent)
+        within `AUTO_PASS_LATENT_VALUES`; at least 1, at most the steps trained."""
+        per_pass = self.config.steps_per_pass
+        if per_pass is None:
+            latents = 2 * self.config.train_batch_size * batch.samples[0, 0].numel()
+            per_pass = AUTO_PASS_LATENT_VALUES // latents if self.config.mixed_precision == "no" else 1
+        return min(max(1, per_pass), steps_trained)
 
     def _draw_steps(self, valid: torch.Tensor, steps_trained: int) -> torch.Tensor:
         """Each sample's steps to train on in one pass, (B, steps_trained) indices in random order."""

@@ -32,8 +32,13 @@ RUN_FILES = ("config.json", "metrics.jsonl", "resumes.jsonl", CHECKPOINT, PREVIO
 # passes run (float rounding aside, not what they compute). Any other setting defines the run.
 MAY_CHANGE = frozenset(
     {"epochs", "max_reward_queries", "max_minutes", "save_every", "images_every", "tensorboard", "progress", "overlap_rewards", "output_dir", "overwrite",
-     "compile", "channels_last"}
+     "compile", "channels_last", "ddpo.steps_per_pass"}
 )  # fmt: skip
+
+
+def may_change(key: str) -> bool:
+    """Whether a resumed run may change this setting ("epochs", "ddpo.steps_per_pass", ...)."""
+    return key in MAY_CHANGE or key.split(".")[0] in MAY_CHANGE
 _CHECKPOINT_KEYS = {"trainable", "agent", "env_rng", "sampling_rng", "epoch", "queries", "history", "seconds"}
 
 
@@ -87,7 +92,7 @@ def plan(out: Path, config: dict, overwrite: bool, fix: str = FRESH_START) -> Pl
             f"{str(saved_path)!r} cannot be read ({error}), so this folder's run cannot be checked against these settings; {fix}."
         ) from None
     changed = differences(saved, config)
-    defining = {k: v for k, v in changed.items() if k.split(".")[0] not in MAY_CHANGE}
+    defining = {k: v for k, v in changed.items() if not may_change(k)}
     if defining:
         listed = "\n".join(f"  {key}: {a!r} in the folder, {b!r} now" for key, (a, b) in defining.items())
         raise ValueError(

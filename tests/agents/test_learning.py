@@ -208,6 +208,40 @@ def test_an_update_does_not_depend_on_the_minibatch_size(kind):
     assert (first - whole).norm() > 0.1 * whole.norm()
 
 
+@pytest.mark.parametrize("kind", ["ddim", "flow-grpo"])
+def test_an_update_does_not_depend_on_the_steps_per_pass(kind):
+    """One DDPO-IS epoch (on the flow model GRPO's, with its KL term, on half the steps) with one
+    sampler step a denoiser pass, or 2, 3 (which does not divide the steps trained) or all of
+    them a pass: the same gradient reaches the optimizer and the same diagnostics come back (to
+    float rounding), since each step's loss is computed as if it had a pass of its own."""
+    envs, policy = make(num_envs=8, **POLICIES[kind])
+    if kind != "ddim":
+        policy.enable_full_finetuning(keep_reference=True)
+    envs.reset(seed=0)
+    batch = rollout(envs, policy, num_batches=1, samples_per_prompt=4, generator=torch.Generator().manual_seed(0))
+    start = {k: v.clone() for k, v in policy.denoiser.state_dict().items()}
+
+    def update(steps_per_pass):
+        settings = dict(learning_rate=1e-3, train_batch_size=4, clip_range=0.2, steps_per_pass=steps_per_pass)
+        config = DDPOConfig(**settings, per_prompt_min_count=4) if kind == "ddim" else grpo_config(4, timestep_fraction=0.5, **settings)
+        agent, seen = DDPO(policy, config, generator=torch.Generator().manual_seed(0)), []
+        step = agent._step
+        agent._step = lambda: seen.append(torch.cat([p.grad.flatten().clone() for p in policy.trainable_parameters()])) or step()
+        metrics = agent.update(batch)
+        policy.denoiser.load_state_dict(start)
+        return torch.stack(seen), metrics
+
+    one, metrics = update(1)
+    assert one.norm() > 0 and len(one) == 2  # two minibatches of 4, an optimizer step each
+    for per_pass in (2, 3, batch.num_steps):
+        grouped, grouped_metrics = update(per_pass)
+        assert (grouped - one).norm() <= 1e-4 * one.norm(), per_pass  # float32 sums in another order
+        assert grouped_metrics.keys() == metrics.keys()
+        for key in ("loss", "approx_kl", "clipfrac", "kl"):
+            if key in metrics:
+                assert grouped_metrics[key] == pytest.approx(metrics[key], rel=1e-3, abs=1e-7), (per_pass, key)
+
+
 # (model, sampler steps, epochs): the tiny latent models see the reward through a random VAE
 # whose decoder normalises most of a shift of the latents away, so they need more of both.
 FAMILY_RUNS = {"flow (pixels)": ("tiny-random-pixel-flow", 3, 5), "sdxl": ("tiny-random-sdxl", 6, 10), "sd3": ("tiny-random-sd3", 3, 5), "flux": ("tiny-random-flux", 3, 20)}
