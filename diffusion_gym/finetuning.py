@@ -20,6 +20,11 @@ class FineTuning:
 
     denoiser: nn.Module
     _reference_denoiser: nn.Module | None = None  # a frozen copy of the start, for full fine-tuning's KL
+    merge_lora_when_sampling: bool = True
+    """Sample (`merged_lora()`) with each LoRA layer's weights merged, W + s·B·A: one matrix
+    product a layer instead of three, for the price of a copy of the adapted weights."""
+    _merged: tuple[list, list] | None = None  # (the weights' pointers and versions, the merged weights)
+    _lora_layers: tuple[nn.Module, list] | None = None  # (the denoiser, its LoRA layers)
 
     @property
     def finetuning(self) -> str | None:
@@ -93,6 +98,59 @@ class FineTuning:
                 self.denoiser = live
         else:
             yield self  # nothing is trained: the policy is its own reference
+
+    @contextmanager
+    def merged_lora(self) -> Iterator[None]:
+        """Within this block (no gradients), each LoRA layer of the denoiser computes with its merged
+        weight W + s·B·A in one pass of its base layer, instead of the base pass plus the adapter's
+        two (peft's unmerged forward): the same function to float rounding, exactly the same while
+        B = 0. The merged weights are kept until the adapters change (an optimizer step); the base
+        weights are swapped back untouched on leaving, never unmerged by subtraction. Nothing
+        changes without LoRA, with the adapters disabled (`reference()`), with gradients on, with
+        half-precision base weights (W + s·B·A rounded to bfloat16 would lose a small update), or
+        with `merge_lora_when_sampling` False."""
+        layers = self._mergeable_lora_layers() if self.merge_lora_when_sampling and not torch.is_grad_enabled() else []
+        if not layers:
+            yield
+            return
+        key = [(w.data_ptr(), w._version) for _, w, adapter in layers for w in (w, *adapter)]
+        if self._merged is None or self._merged[0] != key:
+            self._merged = None  # the old copies go before the new ones are made
+            self._merged = (key, [weight + self._delta_weight(layer) for layer, weight, _ in layers])
+        swapped = []
+        try:
+            for (layer, weight, _), merged in zip(layers, self._merged[1]):
+                swapped.append((layer, weight, weight.data))
+                weight.data = merged
+                layer.merged_adapters = list(layer.active_adapters)  # peft's forward then runs the base layer alone
+            yield
+        finally:
+            for layer, weight, original in swapped:
+                weight.data = original
+                layer.merged_adapters = []
+
+    @staticmethod
+    def _delta_weight(layer: nn.Module) -> torch.Tensor:
+        return sum(layer.get_delta_weight(name) for name in layer.active_adapters).to(layer.get_base_layer().weight.dtype)
+
+    def _mergeable_lora_layers(self) -> list[tuple[nn.Module, nn.Parameter, list[nn.Parameter]]]:
+        """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers that
+        `merged_lora` merges, or [] unless every one is active, unmerged, plain LoRA (no DoRA, no
+        LoRA bias) on an unsharded float32 base weight. The layers are found once per denoiser."""
+        if self.finetuning != "lora":
+            return []
+        if self._lora_layers is None or self._lora_layers[0] is not self.denoiser:
+            from peft.tuners.lora import LoraLayer
+
+            layers = [m for m in self.denoiser.modules() if isinstance(m, LoraLayer)]
+            found = [(layer, layer.get_base_layer().weight, [p for p in layer.parameters() if p.requires_grad]) for layer in layers]
+            self._lora_layers = (self.denoiser, found)
+        layers = self._lora_layers[1]
+        for layer, weight, _ in layers:
+            if (layer.disable_adapters or layer.merged or type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
+                    or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in layer.active_adapters)):  # fmt: skip
+                return []
+        return layers
 
     def shard(self) -> None:
         """Shard the denoiser over the processes of the running torch.distributed group, for full

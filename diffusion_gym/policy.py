@@ -26,6 +26,7 @@ from torch import nn
 
 from diffusion_gym.finetuning import FineTuning
 from diffusion_gym.models import DiffusionModel
+from diffusion_gym.models.attention import use_fastest_attention
 from diffusion_gym.models.families import Conditioning
 from diffusion_gym.samplers import CPSSampler, DDIMSampler, FlowSDESampler, SamplerStep
 
@@ -160,6 +161,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         self.model = model  # not a module: its networks register below (an env can share it: `gym.make(..., model=policy.model)`)
         self.family = model.family
         self.denoiser = model.denoiser
+        use_fastest_attention(self.denoiser)  # SDPA, but on a CPU in half precision the explicit attention (its backward is faster there)
         self.text_encoders = nn.ModuleList([m.requires_grad_(False) for m in (model.text_encoder, model.text_encoder_2, model.text_encoder_3) if m is not None])
         self.sampler = make_sampler(model, scheduler, num_inference_steps, settings)
         self.sde_window_size = settings.sde_window_size
@@ -334,7 +336,8 @@ class DiffusionPolicy(FineTuning, nn.Module):
             x_t is numpy, else torch on the policy's device; without the batch dimension for a
             single env's observation. log_prob is NaN at a flow sampler's ODE steps.
         """
-        step = self.forward(obs, generator=generator)
+        with self.merged_lora():
+            step = self.forward(obs, generator=generator)
         return self._like_obs(obs, step.prev_sample), self._like_obs(obs, step.log_prob)
 
     def log_prob(self, obs: dict, action: torch.Tensor | np.ndarray) -> torch.Tensor:
