@@ -1,0 +1,61 @@
+"""Which attention kernel a UNet's passes use.
+
+diffusers' UNets attend through `AttnProcessor2_0`: torch's scaled-dot-product attention (SDPA),
+whose CPU kernel is a flash kernel. On a CPU in bfloat16 or float16 that kernel's backward is
+several times slower than the explicit attention's (baddbmm, softmax, bmm: diffusers'
+`AttnProcessor`), and costs a UNet training pass about half of its time; forward, the two cost
+about the same. Both compute the same attention, to half-precision rounding.
+`SDPAOrExplicitAttention` takes the explicit one for every pass on a CPU in half precision
+(weights or autocast), sampling included, so that sampling and training round alike and the
+first importance ratio stays exactly 1, where a sample's score matrix is small enough to hold
+(`EXPLICIT_MAX_SCORES`, a bound per sample so that every batch size chooses alike). Every other
+pass (float32, GPUs, large score matrices) keeps SDPA.
+"""
+
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
+
+# The explicit attention holds its scores, heads × queries × keys a sample (a training pass keeps
+# them for the backward): 8 × 64 × 77 for the tiny UNet, 16 × 64 × 64 for the embedded one;
+# Stable Diffusion's 8 × 4096 × 4096 at 64×64 latents stays with SDPA's flash kernel.
+EXPLICIT_MAX_SCORES = 2**18
+_HALF = (torch.bfloat16, torch.float16)
+
+
+def _half_precision(hidden_states: torch.Tensor) -> bool:
+    if hidden_states.dtype in _HALF:
+        return True
+    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF
+
+
+class SDPAOrExplicitAttention:
+    """An attention processor: diffusers' `AttnProcessor2_0` (SDPA), or its explicit
+    `AttnProcessor` on a CPU in half precision (the module docstring says why)."""
+
+    def __init__(self) -> None:
+        self.sdpa, self.explicit = AttnProcessor2_0(), AttnProcessor()
+
+    def uses_explicit(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> bool:
+        if hidden_states.device.type != "cpu" or not _half_precision(hidden_states):
+            return False
+        queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
+        context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        keys = context.shape[1] if context.ndim == 3 else context.shape[2] * context.shape[3]
+        return attn.heads * queries * keys <= EXPLICIT_MAX_SCORES
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
+        processor = self.explicit if self.uses_explicit(attn, hidden_states, encoder_hidden_states) else self.sdpa
+        return processor(attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+
+
+def use_fastest_attention(denoiser: torch.nn.Module) -> int:
+    """Give every `AttnProcessor2_0` attention of `denoiser` a `SDPAOrExplicitAttention`
+    (other processors, e.g. SD3's and FLUX's joint attention, are left alone); returns how many."""
+    changed = 0
+    for module in denoiser.modules():
+        if isinstance(module, Attention) and type(module.processor) is AttnProcessor2_0:
+            module.set_processor(SDPAOrExplicitAttention())
+            changed += 1
+    return changed
