@@ -63,6 +63,8 @@ class VsReferenceConfig:
     """Ours: torch.compile the UNet (`DiffusionPolicy.optimize`); its compilation falls in our first epoch."""
     channels_last: bool = False
     """Ours: channels-last UNet weights (`DiffusionPolicy.optimize`)."""
+    steps_per_pass: int | None = None
+    """Ours: sampler steps a training pass takes (`DDPOConfig.steps_per_pass`; None: automatic)."""
     unet_baseline: bool = True
     """Also time the epoch's UNet passes alone (epoch ÷ UNet); costs about an epoch."""
     trl_path: Path = ROOT / "benchmarks" / ".trl"
@@ -210,7 +212,8 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     policy.enable_lora(rank=4, target_modules=("to_q", "to_k", "to_v", "to_out.0"))  # trl's adapters (its rank is fixed)
     policy.optimize(compile=config.compile, channels_last=config.channels_last)
     agent = DDPO(
-        policy, DDPOConfig(estimator="is", log_prob_reduce="mean", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no"),
+        policy, DDPOConfig(estimator="is", log_prob_reduce="mean", learning_rate=3e-4, train_batch_size=config.train_batch_size, clip_range=1e-4, mixed_precision="bf16" if bf16 else "no",
+                        steps_per_pass=config.steps_per_pass),
         torch.Generator().manual_seed(0),
     )  # fmt: skip
     envs.reset(seed=0)

@@ -188,20 +188,25 @@ def test_lora_adapters_depend_only_on_the_seed():
     assert not torch.equal(adapters(0), adapters(1))
 
 
-@pytest.mark.parametrize("levers", [{"channels_last": True}, {"compile": True, "compile_backend": "aot_eager"}], ids=["channels_last", "compile"])
+@pytest.mark.parametrize(
+    "levers", [{}, {"channels_last": True}, {"compile": True, "compile_backend": "aot_eager"}], ids=["defaults", "channels_last", "compile"]
+)
 def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
-    """`optimize` changes how the UNet runs, not what it computes. A fixed-seed rollout with the
-    lever gives the eager policy's samples and log-probs within float32 rounding (1e-5 of the
-    largest sample value, 5e-6 nats a dimension) and its JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level
-    may change the file by a few bytes); recomputed with gradients, as DDPO trains, before any
-    update, the log-probs give every importance ratio 1 to within 1e-6 a dimension, so a clip
-    range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager"; inductor's
-    kernels are timed in benchmarks/vs_reference.py."""
+    """How the UNet runs, not what it computes. Against a policy with no lever at all (LoRA
+    unmerged in sampling), a fixed-seed rollout with the levers on by default (sampling with
+    merged LoRA weights, `merged_lora`), and with each of `optimize`'s on top, gives the same
+    samples and log-probs within float32 rounding (1e-5 of the largest sample value, 5e-6 nats a
+    dimension) and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level may
+    change the file by a few bytes); recomputed with gradients (unmerged), as DDPO trains,
+    before any update, the log-probs give every importance ratio 1 to within 1e-6 a dimension
+    (scaled by 0.1 / σ_t on the last steps, whose small σ_t magnifies a rounding of the mean), so
+    a clip range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager";
+    inductor's kernels are timed in benchmarks/vs_reference.py."""
     import gymnasium as gym
 
     from diffusion_gym.rollout import rollout
 
-    def run(**options):
+    def run(baseline=False, **options):
         envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", array_type="torch")
         policy = DiffusionPolicy.from_env(envs)
         policy.enable_lora(rank=4)
@@ -209,13 +214,15 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
             torch.manual_seed(1)
             for p in policy.trainable_parameters():  # adapters away from zero, so their path counts
                 p.normal_(0, 0.05)
+        policy.merge_lora_when_sampling = not baseline
         policy.optimize(**options)
         envs.reset(seed=0)
         return policy, rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
 
-    _, eager = run()
+    _, eager = run(baseline=True)
     policy, batch = run(**levers)
     dims = batch.samples[0, 0].numel()
+    assert not torch.equal(batch.samples, eager.samples)  # the merged weights round otherwise: the check below is not vacuous
     assert (batch.samples - eager.samples).abs().max() <= 1e-5 * eager.samples.abs().max()
     assert float((batch.log_probs - eager.log_probs).abs().max()) / dims <= 5e-6
     assert np.abs(batch.rewards.numpy() - eager.rewards.numpy()).max() <= 0.01
@@ -224,4 +231,128 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
         steps = torch.full((4,), step)
         log_prob = policy(batch.observation(index, steps), action=batch.action(index, steps)).log_prob
         assert log_prob.requires_grad
-        assert float((log_prob.detach() - batch.log_probs[index, steps]).abs().max()) / dims <= 1e-6
+        # a rounding δ of the mean moves the log-density by about z δ / std a dimension: the
+        # last steps (small std) get a bound looser in proportion, as in tests/agents/test_learning.py
+        std = float(policy.sampler.std(batch.timesteps[0, step : step + 1]))
+        assert float((log_prob.detach() - batch.log_probs[index, steps]).abs().max()) / dims <= 1e-6 * max(1.0, 0.1 / std)
+
+
+def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_back(tiny_model):
+    """Inside `merged_lora` each LoRA layer runs its base layer alone on W + s·B·A: exactly the
+    base policy while B = 0, the unmerged policy within float32 rounding after the adapters
+    move, and the new adapters after an in-place change (an optimizer step). On leaving, every
+    base weight is the very tensor it was, bit for bit. Nothing is merged with gradients on,
+    under `reference()`, or with `merge_lora_when_sampling` False."""
+    from peft.tuners.lora import LoraLayer
+
+    policy = make_policy(tiny_model)
+    policy.enable_lora(rank=4)
+    layers = [m for m in policy.denoiser.modules() if isinstance(m, LoraLayer)]
+    weights = [(w, w.data_ptr(), w.data.clone()) for w in (layer.get_base_layer().weight for layer in layers)]
+    obs = batch_obs(policy)
+    action = torch.randn(3, 4, 8, 8)
+    dims = action[0].numel()
+
+    def log_prob(merge: bool) -> torch.Tensor:
+        with torch.no_grad():
+            if not merge:
+                return policy(obs, action=action).log_prob
+            with policy.merged_lora():
+                assert all(layer.merged for layer in layers)
+                return policy(obs, action=action).log_prob
+
+    assert torch.equal(log_prob(True), log_prob(False))  # B = 0: W + 0 is W
+    for _ in range(2):  # adapters moved in place, as an optimizer moves them: the merged weights follow
+        with torch.no_grad():
+            for p in policy.trainable_parameters():
+                p.add_(torch.randn_like(p), alpha=0.05)
+        unmerged, merged = log_prob(False), log_prob(True)
+        assert float((merged - unmerged).abs().max()) / dims <= 1e-6 and not torch.equal(merged, unmerged)
+    assert all(not layer.merged for layer in layers)
+    assert all(w.data_ptr() == pointer and torch.equal(w.data, original) for w, pointer, original in weights)
+    with policy.merged_lora():  # gradients on: nothing merged
+        assert not any(layer.merged for layer in layers)
+    with torch.no_grad(), policy.reference(), policy.merged_lora():
+        assert not any(layer.merged for layer in layers)
+    policy.merge_lora_when_sampling = False
+    with torch.no_grad(), policy.merged_lora():
+        assert not any(layer.merged for layer in layers)
+
+
+def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model):
+    """The UNet's attention is SDPA except on a CPU in half precision, where it is the explicit
+    attention (`diffusion_gym.models.attention`) while a sample's scores are small enough. Its
+    output and its adapters' gradient are SDPA's to bfloat16 rounding: the error of either
+    against a float32 pass of the same weights is the same size."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from diffusion_gym.models.attention import SDPAOrExplicitAttention
+
+    policy = make_policy(tiny_model)
+    policy.enable_lora(rank=4)
+    unet = policy.denoiser
+    processors = [m.processor for m in unet.modules() if hasattr(m, "processor")]
+    assert processors and all(isinstance(p, SDPAOrExplicitAttention) for p in processors)
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for p in policy.trainable_parameters():
+            p.normal_(0, 0.1)
+    x, t = torch.randn(4, 4, 8, 8), torch.tensor([900, 600, 300, 50])
+    embeds = policy.encode_prompts(["a red fox", "a cat", "a tench", "a dog"])["encoder_hidden_states"]
+
+    def pass_(dtype, sdpa_only=False):
+        if sdpa_only:
+            unet.set_attn_processor(AttnProcessor2_0())
+        chosen = []
+        explicit = SDPAOrExplicitAttention.uses_explicit
+        SDPAOrExplicitAttention.uses_explicit = lambda self, *a: chosen.append(explicit(self, *a)) or chosen[-1]
+        try:
+            unet.to(dtype)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+                out = unet(x.to(dtype), t, encoder_hidden_states=embeds.to(dtype)).sample.float()
+            out.square().mean().backward()
+        finally:
+            SDPAOrExplicitAttention.uses_explicit = explicit
+        grads = torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
+        unet.zero_grad(set_to_none=True)
+        for p in policy.trainable_parameters():
+            p.data = p.data.float()  # LoRA weights stay float32, as in mixed-precision training
+        return out.detach(), grads, chosen
+
+    truth, truth_grads, chosen = pass_(torch.float32)
+    assert chosen and not any(chosen)  # float32: SDPA
+    out, grads, chosen = pass_(torch.bfloat16)
+    assert chosen and all(chosen)  # bfloat16 on the CPU: explicit
+    attention = next(m for m in unet.modules() if hasattr(m, "processor"))
+    with torch.no_grad():  # sampling alike, whatever the batch; not where a sample's scores are too many
+        assert all(attention.processor.uses_explicit(attention, torch.zeros(b, 64, attention.query_dim, dtype=torch.bfloat16), None) for b in (1, 64))
+        assert not attention.processor.uses_explicit(attention, torch.zeros(1, 4096, attention.query_dim, dtype=torch.bfloat16), None)
+    sdpa_out, sdpa_grads, _ = pass_(torch.bfloat16, sdpa_only=True)
+
+    def error(a, b):
+        return float((a - b).norm() / b.norm())
+
+    print(f"relative error against float32: output {error(out, truth):.2e} (SDPA {error(sdpa_out, truth):.2e}), gradient {error(grads, truth_grads):.2e} (SDPA {error(sdpa_grads, truth_grads):.2e})")
+    assert error(out, truth) <= 1.5 * error(sdpa_out, truth) + 1e-3 and error(out, truth) < 0.05
+    assert error(grads, truth_grads) <= 1.5 * error(sdpa_grads, truth_grads) + 1e-3 and error(grads, truth_grads) < 0.1
+
+
+def test_the_first_ratio_is_exactly_one_in_bfloat16_on_the_cpu():
+    """Sampled with bfloat16 weights (no gradients) and recomputed as DDPO trains (gradients,
+    bfloat16 autocast), both on the explicit attention: the log-probs are the same to the bit,
+    so the first importance ratio is exactly 1 (`benchmarks/precision_ratio.py`)."""
+    import gymnasium as gym
+
+    from diffusion_gym.rollout import rollout
+
+    envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", dtype="bfloat16", array_type="torch")
+    policy = DiffusionPolicy.from_env(envs)
+    policy.enable_lora(rank=4)
+    envs.reset(seed=0)
+    batch = rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
+    index = torch.arange(4)
+    for step in range(batch.num_steps):
+        steps = torch.full((4,), step)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            log_prob = policy(batch.observation(index, steps), action=batch.action(index, steps)).log_prob
+        assert log_prob.requires_grad and torch.equal(log_prob.detach(), batch.log_probs[index, steps])
