@@ -34,12 +34,12 @@ MAY_CHANGE = frozenset(
     {"epochs", "max_reward_queries", "max_minutes", "save_every", "images_every", "tensorboard", "progress", "overlap_rewards", "output_dir", "overwrite",
      "compile", "channels_last", "ddpo.steps_per_pass"}
 )  # fmt: skip
+_CHECKPOINT_KEYS = {"trainable", "agent", "env_rng", "sampling_rng", "epoch", "queries", "history", "seconds"}
 
 
 def may_change(key: str) -> bool:
     """Whether a resumed run may change this setting ("epochs", "ddpo.steps_per_pass", ...)."""
     return key in MAY_CHANGE or key.split(".")[0] in MAY_CHANGE
-_CHECKPOINT_KEYS = {"trainable", "agent", "env_rng", "sampling_rng", "epoch", "queries", "history", "seconds"}
 
 
 @dataclass

@@ -1,5 +1,7 @@
 """Side by side with the reference implementation: DDPO-IS here and in trl 0.23.1's `DDPOTrainer`,
-on the same work, in fresh processes run interleaved (ours, trl, trl, ours, ...).
+on the same work, each run a fresh process for each side. The two processes of a run take turns
+epoch by epoch (ours, trl, then trl, ours, ...; the idle one waits, computing nothing), so that
+both see the same state of a shared machine and each epoch of ours has a trl epoch beside it.
 
 The work: a random Stable Diffusion saved to a folder both load (`--model tiny`: the tiny one of
 `build_tiny_random`, latents 4×8×8; `--model sd14`: Stable Diffusion v1.4's shapes, its UNet on
@@ -78,6 +80,17 @@ class VsReferenceConfig:
 
 
 # ---------------------------------------------------------------- one side, in its own process
+@contextmanager
+def turn() -> Iterator[None]:
+    """In a worker: say it is ready, compute only once the comparison says "go", then say it is
+    done; the two sides' epochs alternate and never overlap."""
+    print("TURN", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("The comparison stopped before this worker's turn.")
+    yield
+    print("DONE", flush=True)
+
+
 class Phases:
     """Wall time of each epoch and of its phases (sampling with scoring, training) and, on CUDA,
     each phase's peak GPU memory; the device is synchronised around every timing."""
@@ -99,11 +112,12 @@ class Phases:
     def epoch(self) -> Iterator[None]:
         for times in self.seconds.values():
             times.append(0.0)
-        self._sync()
-        start = time.perf_counter()
-        yield
-        self._sync()
-        self.seconds["epoch"][-1] = time.perf_counter() - start
+        with turn():
+            self._sync()
+            start = time.perf_counter()
+            yield
+            self._sync()
+            self.seconds["epoch"][-1] = time.perf_counter() - start
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
@@ -226,8 +240,11 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast) if config.unet_baseline else None
-    return {"startup_s": startup, **phases.result(), "unet_s": unet}
+    unet = None
+    if config.unet_baseline:
+        with turn():
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast)
+    return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": agent.steps_per_pass(batch, agent._steps_trained(agent.trainable_steps(batch)))}
 
 
 def run_trl(config: VsReferenceConfig, start: float) -> dict:
@@ -276,7 +293,8 @@ def run_trl(config: VsReferenceConfig, start: float) -> dict:
             ids = pipeline.sd_pipeline.tokenizer(["a cat"], return_tensors="pt", padding="max_length", max_length=pipeline.sd_pipeline.tokenizer.model_max_length).input_ids
             with torch.no_grad():
                 embeds = pipeline.sd_pipeline.text_encoder(ids.to(unet.device))[0]
-            seconds = _unet_seconds(unet, embeds, config, trainer.autocast)
+            with turn():
+                seconds = _unet_seconds(unet, embeds, config, trainer.autocast)
     return {"startup_s": startup, **phases.result(), "unet_s": seconds}
 
 
@@ -319,7 +337,62 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("reward", "JPEG compressibility"), ("epochs a run", str(config.epochs)), ("device, threads", f"{config.device}, {config.threads}"),
         ("precision", precision),
     ]  # fmt: skip
-    return [(name, value, value) for name, value in same] + [("UNet passes", ours_unet, "eager")]
+    per_pass = "automatic" if config.steps_per_pass is None else str(config.steps_per_pass)
+    ours_attention = "SDPA; the explicit attention on a CPU in half precision" if config.device == "cpu" and config.mode == "bf16" else "SDPA"
+    return [(name, value, value) for name, value in same] + [
+        ("UNet passes", ours_unet, "eager"),
+        ("LoRA in sampling", "merged into the weights (`merged_lora`)", "unmerged (peft)"),
+        ("sampler steps a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", "1"),
+        ("attention", ours_attention, "SDPA"),
+    ]
+
+
+def _run_pair(config: VsReferenceConfig, folder: Path, env: dict, order: tuple[str, str]) -> dict[str, dict]:
+    """One run: a fresh worker process for each side, started one after the other, then their
+    turns (`turn`) alternated: the epochs in `order`, then reversed, and so on; the isolated UNet
+    passes last. Returns each side's RESULT."""
+    workers: dict[str, tuple[subprocess.Popen, object]] = {}
+
+    def read_until(side: str, marker: str) -> str:
+        process, log = workers[side]
+        while True:
+            line = process.stdout.readline()
+            if not line:
+                process.wait()
+                log.seek(0)
+                raise SystemExit(f"The {side} worker stopped (exit {process.returncode}):\n{log.read()[-3000:]}")
+            if line.startswith(marker):
+                return line
+
+    try:
+        for side in order:
+            settings = {**asdict(config), "side": side, "folder": folder, "trl_path": config.trl_path.resolve(), "output": None, "runs": 1}
+            args = [sys.executable, "-m", "benchmarks.vs_reference"]
+            for key, value in settings.items():
+                flag = "--" + key.replace("_", "-")
+                if isinstance(value, bool):
+                    args.append(flag if value else "--no-" + key.replace("_", "-"))
+                else:
+                    args += [flag, "None" if value is None else str(value)]
+            log = tempfile.TemporaryFile("w+")  # its stderr (trl's progress bars), read only if it fails
+            workers[side] = (subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True), log)
+            read_until(side, "TURN")  # set up, waiting for its first epoch
+        turns = config.epochs + (1 if config.unet_baseline else 0)
+        for k in range(turns):
+            for side in order if k % 2 == 0 else order[::-1]:
+                process = workers[side][0]
+                process.stdin.write("go\n")
+                process.stdin.flush()
+                read_until(side, "DONE")
+                if k < turns - 1:
+                    read_until(side, "TURN")
+        return {side: json.loads(read_until(side, "RESULT ")[len("RESULT ") :]) for side in order}
+    finally:
+        for process, log in workers.values():
+            if process.poll() is None:
+                process.kill()
+            process.wait()
+            log.close()
 
 
 def compare(config: VsReferenceConfig) -> dict:
@@ -334,21 +407,9 @@ def compare(config: VsReferenceConfig) -> dict:
         (build_tiny_random() if config.model == "tiny" else build_sd14_random()).save_pretrained(folder)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": str(config.threads), "PYTHONWARNINGS": "ignore"}
         for run in range(config.runs):
-            for side in ("ours", "trl") if run % 2 == 0 else ("trl", "ours"):
-                settings = {**asdict(config), "side": side, "folder": folder, "trl_path": config.trl_path.resolve(), "output": None, "runs": 1}
-                args = [sys.executable, "-m", "benchmarks.vs_reference"]
-                for key, value in settings.items():
-                    flag = "--" + key.replace("_", "-")
-                    if isinstance(value, bool):
-                        args.append(flag if value else "--no-" + key.replace("_", "-"))
-                    else:
-                        args += [flag, "None" if value is None else str(value)]
-                done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-                lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-                if done.returncode or not lines:
-                    raise SystemExit(f"The {side} run failed:\n{done.stderr[-3000:]}")
-                results[side].append(json.loads(lines[-1][len("RESULT ") :]))
-                r = results[side][-1]
+            order = ("ours", "trl") if run % 2 == 0 else ("trl", "ours")
+            for side, r in _run_pair(config, folder, env, order).items():
+                results[side].append(r)
                 overhead = "" if r["epoch_over_unet"] is None else f", epoch/UNet {r['epoch_over_unet']:.3f}"
                 gpu = "" if r["gpu_peak_mib"] is None else f", GPU peak sampling {r['gpu_peak_mib']['sampling']:.0f} / training {r['gpu_peak_mib']['training']:.0f} MiB"
                 print(f"run {run} {side:4s}: samples/s {' '.join(f'{v:.2f}' for v in r['samples_per_s'])}, start-up {r['startup_s']:.1f} s{overhead}, "
@@ -364,6 +425,8 @@ def compare(config: VsReferenceConfig) -> dict:
         "settings": settings_table(config),
         "ratio_all_epochs": _summary([rate(o, False) / rate(t, False) for o, t in pairs]),
         "ratio_after_first_epoch": _summary([rate(o, True) / rate(t, True) for o, t in pairs]),
+        "ratio_per_epoch": _summary([t / o for ours, trl in pairs for o, t in zip(ours["epoch_s"], trl["epoch_s"])]),
+        "ours_steps_per_pass": results["ours"][0]["steps_per_pass"],
         **{f"{side}_{key}": _summary([r[key] for r in rs]) for side, rs in results.items() for key in ("startup_s", "epoch_over_unet", "peak_rss_mib") if rs[0][key] is not None},
         **{f"{side}_samples_per_s": _summary([rate(r, False) for r in rs]) for side, rs in results.items()},
         **{f"{side}_{phase}_images_per_s": _summary([statistics.median(r[f"{phase}_images_per_s"]) for r in rs]) for side, rs in results.items() for phase in ("sampling", "training")},
@@ -373,8 +436,10 @@ def compare(config: VsReferenceConfig) -> dict:
     r = summary["ratio_all_epochs"]
     overhead = f"; epoch/UNet ours {summary['ours_epoch_over_unet']['median']:.3f}, trl {summary['trl_epoch_over_unet']['median']:.3f}" if config.unet_baseline else ""
     phases = "; ".join(f"{phase} images/s ours {summary[f'ours_{phase}_images_per_s']['median']:.2f}, trl {summary[f'trl_{phase}_images_per_s']['median']:.2f}" for phase in ("sampling", "training"))
-    print(f"{config.model} {config.mode}{''.join(' + ' + name.replace('_', '-') for name in _levers(config))}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} interleaved runs; "
-          f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}{overhead}; {phases}; "
+    e = summary["ratio_per_epoch"]
+    print(f"{config.model} {config.mode}{''.join(' + ' + name.replace('_', '-') for name in _levers(config))}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} runs; "
+          f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}; epoch by epoch {e['median']:.3f} (min {e['min']:.3f}, max {e['max']:.3f}){overhead}; {phases}; "
+          f"ours with {summary['ours_steps_per_pass']} sampler steps a training pass; "
           f"peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
     if "ours_gpu_peak_sampling_mib" in summary:
         print("GPU peak MiB, sampling / training: " + ", ".join(f"{side} {summary[f'{side}_gpu_peak_sampling_mib']['median']:.0f} / {summary[f'{side}_gpu_peak_training_mib']['median']:.0f}" for side in ("ours", "trl")))

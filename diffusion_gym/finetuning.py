@@ -113,7 +113,7 @@ class FineTuning:
         if not layers:
             yield
             return
-        key = [(w.data_ptr(), w._version) for _, w, adapter in layers for w in (w, *adapter)]
+        key = [(w.data_ptr(), w._version) for _, base, adapter in layers for w in (base, *adapter)]
         if self._merged is None or self._merged[0] != key:
             self._merged = None  # the old copies go before the new ones are made
             self._merged = (key, [weight + self._delta_weight(layer) for layer, weight, _ in layers])
