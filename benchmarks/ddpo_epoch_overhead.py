@@ -1,6 +1,8 @@
 """Time one DDPO epoch (collect through the env + update) against the same UNet work run in
-isolation: the sampling forward passes, and the training forward/backward passes, on tensors of
-the same shapes with nothing around them. Prints the ratio epoch / isolated (target <= 1.15).
+isolation: the sampling forward passes (on merged LoRA weights, as the policy samples), and the
+training forward/backward passes (as many sampler steps a pass as the agent puts in one), on
+tensors of the same shapes with nothing around them. Prints the ratio epoch / isolated (target
+<= 1.03).
 
     python -m benchmarks.ddpo_epoch_overhead                    # the embedded model on the CPU
     python -m benchmarks.ddpo_epoch_overhead --model tiny-random --num-inference-steps 20
@@ -50,25 +52,29 @@ class EpochOverheadConfig:
     """Channels-last UNet weights (`DiffusionPolicy.optimize`)."""
 
 
-def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig) -> tuple[float, float]:
-    """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training), alone."""
+def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_per_pass: int) -> tuple[float, float]:
+    """Seconds for the epoch's UNet forward passes (sampling, on merged LoRA weights as the policy
+    samples) and forward/backward passes (training, `steps_per_pass` sampler steps a pass), alone."""
     unet, steps = policy.denoiser, config.num_inference_steps
     cfg = 2 if config.guidance_scale != 1.0 else 1
     channels, size = unet.config.in_channels, unet.config.sample_size
-    embeds = policy.encode_prompts(["a large red circle on a flat background"] * (config.num_envs * cfg))["encoder_hidden_states"]
-    t = torch.full((config.num_envs * cfg,), 500, device=policy.device)
-    x = torch.randn(config.num_envs * cfg, channels, size, size, device=policy.device)
+    rows = max(config.num_envs, config.train_batch_size * steps_per_pass) * cfg
+    embeds = policy.encode_prompts(["a large red circle on a flat background"] * rows)["encoder_hidden_states"]
+    t = torch.full((rows,), 500, device=policy.device)
+    x = torch.randn(rows, channels, size, size, device=policy.device)
+    b = config.num_envs * cfg
     start = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), policy.merged_lora():
         for _ in range(config.batches_per_epoch * steps):
-            unet(x, t, encoder_hidden_states=embeds)
+            unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     sampling = time.perf_counter() - start
 
-    n = config.train_batch_size * cfg
     minibatches = config.num_envs * config.batches_per_epoch // config.train_batch_size
+    passes = [min(steps_per_pass, steps - first) * config.train_batch_size * cfg for first in range(0, steps, steps_per_pass)]
     start = time.perf_counter()
-    for _ in range(minibatches * steps):
-        unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample.mean().backward()
+    for _ in range(minibatches):
+        for n in passes:
+            unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample.mean().backward()
     training = time.perf_counter() - start
     for p in policy.trainable_parameters():
         p.grad = None
@@ -88,9 +94,10 @@ def main(config: EpochOverheadConfig) -> dict:
     epochs, isolated = [], []
     for i in range(config.repeats + 1):
         start = time.perf_counter()
-        agent.update(rollout(envs, policy, config.batches_per_epoch))
+        batch = rollout(envs, policy, config.batches_per_epoch)
+        agent.update(batch)
         epoch = time.perf_counter() - start
-        sampling, training = isolated_passes(policy, config)
+        sampling, training = isolated_passes(policy, config, agent.steps_per_pass(batch, config.num_inference_steps))
         if i > 0:  # the first round warms up
             epochs.append(epoch)
             isolated.append(sampling + training)

@@ -137,7 +137,7 @@ class FineTuning:
         """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers that
         `merged_lora` merges, or [] unless every one is active, unmerged, plain LoRA (no DoRA, no
         LoRA bias) on an unsharded float32 base weight. The layers are found once per denoiser."""
-        if self.finetuning != "lora":
+        if not getattr(self.denoiser, "peft_config", None):  # no LoRA (not `finetuning`, which reads every parameter)
             return []
         if self._lora_layers is None or self._lora_layers[0] is not self.denoiser:
             from peft.tuners.lora import LoraLayer

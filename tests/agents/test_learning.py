@@ -176,12 +176,11 @@ def test_the_first_ratio_is_one_whatever_the_minibatch(kind):
                 assert float((log_prob - recorded).abs().max()) / dims <= 1e-6 * max(1.0, 0.1 / std)
 
 
-@pytest.mark.parametrize("kind", ["ddim", "flow-grpo"])
-def test_an_update_does_not_depend_on_the_minibatch_size(kind):
-    """One DDPO-IS epoch (on the flow model: GRPO's, groups of 4 with the KL term) as one
-    minibatch of 8, or as 2 × 4 or 8 × 1 with gradient accumulation: the same gradient reaches
-    the optimizer (to float rounding), since each minibatch's loss is weighted by its share of
-    the accumulated batch."""
+def one_batch_and_its_updates(kind):
+    """A policy of POLICIES[kind] (the flow model with a kept reference, for GRPO's KL term), one
+    batch of 8 episodes (4 a prompt), and `update(config)`: the gradients each optimizer step of
+    one epoch on that batch receives, stacked, and the epoch's diagnostics; the policy is put
+    back after each."""
     envs, policy = make(num_envs=8, **POLICIES[kind])
     if kind != "ddim":
         policy.enable_full_finetuning(keep_reference=True)
@@ -189,22 +188,32 @@ def test_an_update_does_not_depend_on_the_minibatch_size(kind):
     batch = rollout(envs, policy, num_batches=1, samples_per_prompt=4, generator=torch.Generator().manual_seed(0))
     start = {k: v.clone() for k, v in policy.denoiser.state_dict().items()}
 
-    def gradients(train_batch_size, accumulation):
-        settings = dict(learning_rate=1e-3, train_batch_size=train_batch_size, gradient_accumulation_steps=accumulation, clip_range=0.2)
+    def update(**settings):
+        settings = dict(learning_rate=1e-3, clip_range=0.2, **settings)
         config = DDPOConfig(**settings, per_prompt_min_count=4) if kind == "ddim" else grpo_config(4, **settings)
         agent, seen = DDPO(policy, config, generator=torch.Generator().manual_seed(0)), []
         step = agent._step
         agent._step = lambda: seen.append(torch.cat([p.grad.flatten().clone() for p in policy.trainable_parameters()])) or step()
-        agent.update(batch)
+        metrics = agent.update(batch)
         policy.denoiser.load_state_dict(start)
-        return seen
+        return torch.stack(seen), metrics
 
-    (whole,) = gradients(8, 1)
+    return batch, update
+
+
+@pytest.mark.parametrize("kind", ["ddim", "flow-grpo"])
+def test_an_update_does_not_depend_on_the_minibatch_size(kind):
+    """One DDPO-IS epoch (on the flow model: GRPO's, groups of 4 with the KL term) as one
+    minibatch of 8, or as 2 × 4 or 8 × 1 with gradient accumulation: the same gradient reaches
+    the optimizer (to float rounding), since each minibatch's loss is weighted by its share of
+    the accumulated batch."""
+    _, update = one_batch_and_its_updates(kind)
+    (whole,), _ = update(train_batch_size=8, gradient_accumulation_steps=1)
     assert whole.norm() > 0
     for size, accumulation in ((4, 2), (1, 8)):
-        (accumulated,) = gradients(size, accumulation)
+        (accumulated,), _ = update(train_batch_size=size, gradient_accumulation_steps=accumulation)
         assert (accumulated - whole).norm() <= 1e-4 * whole.norm()  # float32 sums in another order
-    first, _ = gradients(4, 1)  # two optimizer steps of half the batch each: not the same update
+    (first, _), _ = update(train_batch_size=4, gradient_accumulation_steps=1)  # two optimizer steps of half the batch each: not the same update
     assert (first - whole).norm() > 0.1 * whole.norm()
 
 
@@ -214,27 +223,12 @@ def test_an_update_does_not_depend_on_the_steps_per_pass(kind):
     sampler step a denoiser pass, or 2, 3 (which does not divide the steps trained) or all of
     them a pass: the same gradient reaches the optimizer and the same diagnostics come back (to
     float rounding), since each step's loss is computed as if it had a pass of its own."""
-    envs, policy = make(num_envs=8, **POLICIES[kind])
-    if kind != "ddim":
-        policy.enable_full_finetuning(keep_reference=True)
-    envs.reset(seed=0)
-    batch = rollout(envs, policy, num_batches=1, samples_per_prompt=4, generator=torch.Generator().manual_seed(0))
-    start = {k: v.clone() for k, v in policy.denoiser.state_dict().items()}
-
-    def update(steps_per_pass):
-        settings = dict(learning_rate=1e-3, train_batch_size=4, clip_range=0.2, steps_per_pass=steps_per_pass)
-        config = DDPOConfig(**settings, per_prompt_min_count=4) if kind == "ddim" else grpo_config(4, timestep_fraction=0.5, **settings)
-        agent, seen = DDPO(policy, config, generator=torch.Generator().manual_seed(0)), []
-        step = agent._step
-        agent._step = lambda: seen.append(torch.cat([p.grad.flatten().clone() for p in policy.trainable_parameters()])) or step()
-        metrics = agent.update(batch)
-        policy.denoiser.load_state_dict(start)
-        return torch.stack(seen), metrics
-
-    one, metrics = update(1)
+    batch, update = one_batch_and_its_updates(kind)
+    fraction = {} if kind == "ddim" else {"timestep_fraction": 0.5}
+    one, metrics = update(train_batch_size=4, steps_per_pass=1, **fraction)
     assert one.norm() > 0 and len(one) == 2  # two minibatches of 4, an optimizer step each
     for per_pass in (2, 3, batch.num_steps):
-        grouped, grouped_metrics = update(per_pass)
+        grouped, grouped_metrics = update(train_batch_size=4, steps_per_pass=per_pass, **fraction)
         assert (grouped - one).norm() <= 1e-4 * one.norm(), per_pass  # float32 sums in another order
         assert grouped_metrics.keys() == metrics.keys()
         for key in ("loss", "approx_kl", "clipfrac", "kl"):
