@@ -23,8 +23,8 @@ class FineTuning:
     merge_lora_when_sampling: bool = True
     """Sample (`merged_lora()`) with each LoRA layer's weights merged, W + s·B·A: one matrix
     product a layer instead of three, for the price of a copy of the adapted weights."""
-    _merged: tuple[list, list] | None = None  # (the weights' pointers and versions, the merged weights)
-    _lora_layers: tuple[nn.Module, list] | None = None  # (the denoiser, its LoRA layers)
+    _merged: tuple[list, list | None] | None = None  # (the active adapters, the weights' pointers and versions; the merged weights)
+    _lora_layers: tuple[tuple, list] | None = None  # ((the denoiser, its adapters' names), its LoRA layers)
 
     @property
     def finetuning(self) -> str | None:
@@ -104,25 +104,30 @@ class FineTuning:
         """Within this block (no gradients), each LoRA layer of the denoiser computes with its merged
         weight W + s·B·A in one pass of its base layer, instead of the base pass plus the adapter's
         two (peft's unmerged forward): the same function to float rounding, exactly the same while
-        B = 0. The merged weights are kept until the adapters change (an optimizer step); the base
+        B = 0. The merged weights are kept until the weights change (an optimizer step); the base
         weights are swapped back untouched on leaving, never unmerged by subtraction. Nothing
         changes without LoRA, with the adapters disabled (`reference()`), with gradients on, with
-        half-precision base weights (W + s·B·A rounded to bfloat16 would lose a small update), or
-        with `merge_lora_when_sampling` False."""
-        layers = self._mergeable_lora_layers() if self.merge_lora_when_sampling and not torch.is_grad_enabled() else []
-        if not layers:
+        half-precision base weights (W + s·B·A rounded to bfloat16 would lose a small update), with
+        DoRA or LoRA biases, on sharded weights, or with `merge_lora_when_sampling` False."""
+        layers = self._lora_layers_found() if self.merge_lora_when_sampling and not torch.is_grad_enabled() else []
+        if not layers or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
             yield
             return
-        key = [(w.data_ptr(), w._version) for _, base, adapter in layers for w in (base, *adapter)]
+        # what the merged weights depend on: every weight's storage and version, the active adapters
+        key = [tuple(layers[0][0].active_adapters)] + [(w.data_ptr(), w._version) for _, base, adapter in layers for w in (base, *adapter)]
         if self._merged is None or self._merged[0] != key:
             self._merged = None  # the old copies go before the new ones are made
-            self._merged = (key, [weight + self._delta_weight(layer) for layer, weight, _ in layers])
+            self._merged = (key, self._merge(layers))
+        merged, active = self._merged[1], key[0]
+        if merged is None:  # not mergeable (`_merge`)
+            yield
+            return
         swapped = []
         try:
-            for (layer, weight, _), merged in zip(layers, self._merged[1]):
+            for (layer, weight, _), merged_weight in zip(layers, merged):
                 swapped.append((layer, weight, weight.data))
-                weight.data = merged
-                layer.merged_adapters = list(layer.active_adapters)  # peft's forward then runs the base layer alone
+                weight.data = merged_weight
+                layer.merged_adapters = list(active)  # peft's forward then runs the base layer alone
             yield
         finally:
             for layer, weight, original in swapped:
@@ -130,27 +135,28 @@ class FineTuning:
                 layer.merged_adapters = []
 
     @staticmethod
-    def _delta_weight(layer: nn.Module) -> torch.Tensor:
-        return sum(layer.get_delta_weight(name) for name in layer.active_adapters).to(layer.get_base_layer().weight.dtype)
+    def _merge(layers: list) -> list[torch.Tensor] | None:
+        """Each layer's W + s·B·A, or None unless every layer is plain LoRA (no DoRA, no LoRA bias)
+        on an unsharded float32 base weight."""
+        for layer, weight, _ in layers:
+            if (type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
+                    or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in layer.active_adapters)):  # fmt: skip
+                return None
+        return [weight + sum(layer.get_delta_weight(name) for name in layer.active_adapters) for layer, weight, _ in layers]
 
-    def _mergeable_lora_layers(self) -> list[tuple[nn.Module, nn.Parameter, list[nn.Parameter]]]:
-        """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers that
-        `merged_lora` merges, or [] unless every one is active, unmerged, plain LoRA (no DoRA, no
-        LoRA bias) on an unsharded float32 base weight. The layers are found once per denoiser."""
-        if not getattr(self.denoiser, "peft_config", None):  # no LoRA (not `finetuning`, which reads every parameter)
+    def _lora_layers_found(self) -> list[tuple[nn.Module, nn.Parameter, list[nn.Parameter]]]:
+        """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers ([] without
+        LoRA), found once per denoiser and set of adapters."""
+        config = getattr(self.denoiser, "peft_config", None)  # not `finetuning`, which reads every parameter
+        if not config:
             return []
-        if self._lora_layers is None or self._lora_layers[0] is not self.denoiser:
+        if self._lora_layers is None or self._lora_layers[0] != (self.denoiser, tuple(config)):
             from peft.tuners.lora import LoraLayer
 
             layers = [m for m in self.denoiser.modules() if isinstance(m, LoraLayer)]
             found = [(layer, layer.get_base_layer().weight, [p for p in layer.parameters() if p.requires_grad]) for layer in layers]
-            self._lora_layers = (self.denoiser, found)
-        layers = self._lora_layers[1]
-        for layer, weight, _ in layers:
-            if (layer.disable_adapters or layer.merged or type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
-                    or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in layer.active_adapters)):  # fmt: skip
-                return []
-        return layers
+            self._lora_layers = ((self.denoiser, tuple(config)), found)
+        return self._lora_layers[1]
 
     def shard(self) -> None:
         """Shard the denoiser over the processes of the running torch.distributed group, for full

@@ -174,6 +174,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         self._prompt_embeds: dict[str, Conditioning] = {}
         self._unconditional_embeds: Conditioning | None = None
         self._embeds_key: tuple[torch.device, torch.dtype] | None = None
+        self._last_conditioning: tuple[tuple, Conditioning, Conditioning | None] | None = None  # (prompts and cache key, cond, guided 2B)
 
     @classmethod
     def from_env(cls, env: Any, **sampling: Any) -> "DiffusionPolicy":
@@ -239,10 +240,26 @@ class DiffusionPolicy(FineTuning, nn.Module):
         first = self._prompt_embeds[prompts[0]]
         return {name: torch.stack([self._prompt_embeds[p][name] for p in prompts]) for name in first}
 
+    def _batch_conditioning(self, prompts: Sequence[str], with_unconditional: bool = False) -> Conditioning:
+        """The prompts' conditioning (`encode_prompts`), or with `with_unconditional` the
+        unconditional one and it stacked for one guided pass of 2B. The last batch's is kept: an
+        episode's batch asks for the same prompts at every step."""
+        self._renew_cache()
+        key = (tuple(prompts), self._embeds_key)
+        if self._last_conditioning is None or self._last_conditioning[0] != key:
+            self._last_conditioning = (key, self.encode_prompts(prompts), None)
+        key, cond, both = self._last_conditioning
+        if not with_unconditional:
+            return cond
+        if both is None:
+            both = {name: torch.cat([uncond, cond[name]]) for name, uncond in self._unconditional(len(prompts)).items()}
+            self._last_conditioning = (key, cond, both)
+        return both
+
     def _unconditional(self, batch: int) -> Conditioning:
         """The conditioning classifier-free guidance contrasts with (the family's: the empty
-        prompt's, or SDXL's zeros), for `batch` samples; computed once (`predict` has renewed the
-        cache through `encode_prompts` already)."""
+        prompt's, or SDXL's zeros), for `batch` samples; computed once (`_batch_conditioning` has renewed the
+        cache already)."""
         if self._unconditional_embeds is None:
             with torch.no_grad():
                 self._unconditional_embeds = {name: value[0] for name, value in self.family.unconditional(self.model).items()}
@@ -269,13 +286,13 @@ class DiffusionPolicy(FineTuning, nn.Module):
         pass; otherwise the conditional and unconditional passes run as one batch of 2B. A
         guidance-distilled model (FLUX.1-dev) takes w as an input of its one pass.
         """
-        cond = self.encode_prompts(prompts)
+        cond = self._batch_conditioning(prompts)
         if self.family.distilled_guidance:
             return self.denoise(x_t, timesteps, cond, guidance=torch.full((x_t.shape[0],), self.guidance_scale, device=x_t.device))
         guided = self.guided(timesteps)
         if not guided.any():
             return self.denoise(x_t, timesteps, cond)
-        both = {name: torch.cat([uncond, cond[name]]) for name, uncond in self._unconditional(x_t.shape[0]).items()}
+        both = self._batch_conditioning(prompts, with_unconditional=True)
         out_uncond, out_cond = self.denoise(torch.cat([x_t, x_t]), torch.cat([timesteps, timesteps]), both).chunk(2)
         out_guided = out_uncond + self.guidance_scale * (out_cond - out_uncond)
         return out_guided if guided.all() else torch.where(guided.view(-1, 1, 1, 1), out_guided, out_cond)
