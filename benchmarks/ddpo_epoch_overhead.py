@@ -1,6 +1,6 @@
 """Time one DDPO epoch (collect through the env + update) against the same UNet work run in
-isolation: the sampling forward passes (on merged LoRA weights, as the policy samples), and the
-training forward/backward passes (as many sampler steps a pass as the agent puts in one), on
+isolation: the sampling forward passes and the training forward/backward passes (on merged LoRA
+weights, as the policy runs them; as many sampler steps a pass as the agent puts in one), on
 tensors of the same shapes with nothing around them. Prints the ratio epoch / isolated (target
 <= 1.03).
 
@@ -53,8 +53,8 @@ class EpochOverheadConfig:
 
 
 def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_per_pass: int) -> tuple[float, float]:
-    """Seconds for the epoch's UNet forward passes (sampling, on merged LoRA weights as the policy
-    samples) and forward/backward passes (training, `steps_per_pass` sampler steps a pass), alone."""
+    """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training,
+    `steps_per_pass` sampler steps a pass), alone, on merged LoRA weights as the policy runs them."""
     unet, steps = policy.denoiser, config.num_inference_steps
     cfg = 2 if config.guidance_scale != 1.0 else 1
     channels, size = unet.config.in_channels, unet.config.sample_size
@@ -74,7 +74,9 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_
     start = time.perf_counter()
     for _ in range(minibatches):
         for n in passes:
-            unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample.mean().backward()
+            with policy.merged_lora():
+                out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
+            out.mean().backward()
     training = time.perf_counter() - start
     for p in policy.trainable_parameters():
         p.grad = None

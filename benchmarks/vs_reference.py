@@ -181,9 +181,10 @@ def _jpeg_rewards(images_uint8):
     return -jpeg_size_kb(images_uint8)
 
 
-def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast) -> float:
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext) -> float:
     """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
-    forward/backward passes (batch 2 × train batch), on inputs of the same shapes."""
+    forward/backward passes (batch 2 × train batch), on inputs of the same shapes; within
+    `merged()` (ours: `merged_lora`, as our passes run)."""
     import torch
 
     channels, size = unet.config.in_channels, unet.config.sample_size
@@ -193,12 +194,12 @@ def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast) -> float:
     t = torch.full((b,), 500, device=parameter.device)
     embeds = embeds[:1].expand(b, -1, -1).to(parameter.device, parameter.dtype)
     start = time.perf_counter()
-    with torch.no_grad(), autocast():
+    with torch.no_grad(), autocast(), merged():
         for _ in range(config.batches_per_epoch * config.num_inference_steps):
             unet(x, t, encoder_hidden_states=embeds)
     minibatches = config.sample_batch_size * config.batches_per_epoch // config.train_batch_size
     for _ in range(minibatches * config.num_inference_steps):
-        with autocast():
+        with autocast(), merged():
             out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
         out.float().mean().backward()
     if parameter.is_cuda:
@@ -243,7 +244,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     unet = None
     if config.unet_baseline:
         with turn():
-            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast)
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora)
     return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": agent.steps_per_pass(batch, agent._steps_trained(agent.trainable_steps(batch)))}
 
 
@@ -341,7 +342,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     ours_attention = "SDPA; the explicit attention on a CPU in half precision" if config.device == "cpu" and config.mode == "bf16" else "SDPA"
     return [(name, value, value) for name, value in same] + [
         ("UNet passes", ours_unet, "eager"),
-        ("LoRA in sampling", "merged into the weights (`merged_lora`)", "unmerged (peft)"),
+        ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),
         ("sampler steps a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", "1"),
         ("attention", ours_attention, "SDPA"),
     ]

@@ -10,7 +10,9 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -20,9 +22,9 @@ class FineTuning:
 
     denoiser: nn.Module
     _reference_denoiser: nn.Module | None = None  # a frozen copy of the start, for full fine-tuning's KL
-    merge_lora_when_sampling: bool = True
-    """Sample (`merged_lora()`) with each LoRA layer's weights merged, W + s·B·A: one matrix
-    product a layer instead of three, for the price of a copy of the adapted weights."""
+    merge_lora: bool = True
+    """Sample and train (`merged_lora()`) with each LoRA layer's weights merged, W + s·B·A: one
+    matrix product a layer instead of three, for the price of a copy of the adapted weights."""
     _merged: tuple[list, list | None] | None = None  # (the active adapters, the weights' pointers and versions; the merged weights)
     _lora_layers: tuple[tuple, list] | None = None  # ((the denoiser, its adapters' names), its LoRA layers)
 
@@ -101,17 +103,30 @@ class FineTuning:
 
     @contextmanager
     def merged_lora(self) -> Iterator[None]:
-        """Within this block (no gradients), each LoRA layer of the denoiser computes with its merged
-        weight W + s·B·A in one pass of its base layer, instead of the base pass plus the adapter's
-        two (peft's unmerged forward): the same function to float rounding, exactly the same while
-        B = 0. The merged weights are kept until the weights change (an optimizer step); the base
-        weights are swapped back untouched on leaving, never unmerged by subtraction. Nothing
-        changes without LoRA, with the adapters disabled (`reference()`), with gradients on, with
-        half-precision base weights (W + s·B·A rounded to bfloat16 would lose a small update), with
-        DoRA or LoRA biases, on sharded weights, or with `merge_lora_when_sampling` False."""
-        layers = self._lora_layers_found() if self.merge_lora_when_sampling and not torch.is_grad_enabled() else []
-        if not layers or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
+        """Within this block each LoRA layer of the denoiser computes with its merged weight
+        W + s·B·A in one pass of its base layer, instead of the base pass plus the adapter's two
+        (peft's unmerged forward): the same function to float rounding, exactly the same while
+        B = 0. The policy's passes (`denoise`) all run in it.
+
+        Without gradients (sampling) the merged weights are kept until the weights change (an
+        optimizer step); the base weights are swapped back untouched on leaving, never unmerged
+        by subtraction. With gradients (training) each pass merges anew inside
+        `MergedLoRALinear`, whose backward gives the adapters LoRA's own gradients (never the full
+        weight's); both merge alike (`_merged_weight`), so sampling and training compute the same
+        weights bit for bit.
+
+        Nothing changes without LoRA, with the adapters disabled (`reference()`), with
+        half-precision base weights or under half-precision autocast (W + s·B·A rounded to
+        bfloat16 would lose a small update), with DoRA, LoRA biases or LoRA dropout, on sharded
+        weights, or with `merge_lora` False; in training also with several active adapters or
+        a trainable base layer."""
+        layers = self._lora_layers_found() if self.merge_lora else []
+        if not layers or _half_autocast(layers[0][1].device.type) or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
             yield
+            return
+        if torch.is_grad_enabled():
+            with self._merged_in_training(layers):
+                yield
             return
         # what the merged weights depend on: every weight's storage and version, the active adapters
         key = [tuple(layers[0][0].active_adapters)] + [(w.data_ptr(), w._version) for _, base, adapter in layers for w in (base, *adapter)]
@@ -119,7 +134,7 @@ class FineTuning:
             self._merged = None  # the old copies go before the new ones are made
             self._merged = (key, self._merge(layers))
         merged, active = self._merged[1], key[0]
-        if merged is None:  # not mergeable (`_merge`)
+        if merged is None:  # not mergeable (`_mergeable`)
             yield
             return
         swapped = []
@@ -134,15 +149,27 @@ class FineTuning:
                 weight.data = original
                 layer.merged_adapters = []
 
+    @contextmanager
+    def _merged_in_training(self, layers: list) -> Iterator[None]:
+        """Each LoRA layer's forward is `MergedLoRALinear` within this block, if every layer can
+        take it (`_mergeable`); the layers' own forwards come back on leaving."""
+        if not _mergeable(layers, training=True):
+            yield
+            return
+        try:
+            for layer, _, _ in layers:
+                layer.forward = _training_forward(layer)  # an instance attribute, as accelerate's hooks patch a forward
+            yield
+        finally:
+            for layer, _, _ in layers:
+                layer.__dict__.pop("forward", None)
+
     @staticmethod
     def _merge(layers: list) -> list[torch.Tensor] | None:
-        """Each layer's W + s·B·A, or None unless every layer is plain LoRA (no DoRA, no LoRA bias)
-        on an unsharded float32 base weight."""
-        for layer, weight, _ in layers:
-            if (type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
-                    or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in layer.active_adapters)):  # fmt: skip
-                return None
-        return [weight + sum(layer.get_delta_weight(name) for name in layer.active_adapters) for layer, weight, _ in layers]
+        """Each layer's W + s·B·A, or None unless every layer can be merged (`_mergeable`)."""
+        if not _mergeable(layers, training=False):
+            return None
+        return [_merged_weight(layer, weight) for layer, weight, _ in layers]
 
     def _lora_layers_found(self) -> list[tuple[nn.Module, nn.Parameter, list[nn.Parameter]]]:
         """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers ([] without
@@ -192,3 +219,92 @@ class FineTuning:
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters an optimizer should update (empty until LoRA or full fine-tuning is enabled)."""
         return [p for p in self.denoiser.parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- merged LoRA layers
+def _half_autocast(device_type: str) -> bool:
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
+
+
+def _mergeable(layers: list, training: bool) -> bool:
+    """Whether every LoRA layer computes W + s·B·A exactly as peft's unmerged forward does up to
+    float rounding: plain LoRA (no DoRA, no LoRA bias, no dropout) on an unsharded float32 base
+    weight; in training also one active adapter on a frozen `nn.Linear` (what
+    `MergedLoRALinear` differentiates) whose forward nothing else has replaced."""
+    for layer, weight, _ in layers:
+        names = layer.active_adapters
+        if (type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
+                or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in names)
+                or any(layer.training and not isinstance(layer.lora_dropout[name], nn.Identity) for name in names)):  # fmt: skip
+            return False
+        if training:
+            base = layer.get_base_layer()
+            if (len(names) != 1 or type(base) is not nn.Linear or getattr(layer, "fan_in_fan_out", False) or "forward" in layer.__dict__
+                    or any(p.requires_grad for p in base.parameters())):  # fmt: skip
+                return False
+    return True
+
+
+def _merged_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """W + s·B·A of a peft LoRA layer's active adapters: the one merge of sampling and training
+    (`_merge_linear` for a linear layer's adapter, peft's delta for any other)."""
+    linear = type(layer.get_base_layer()) is nn.Linear and not getattr(layer, "fan_in_fan_out", False)
+    for name in layer.active_adapters:
+        if linear:
+            weight = _merge_linear(weight, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
+        else:
+            weight = weight + layer.get_delta_weight(name)
+    return weight
+
+
+def _merge_linear(weight: torch.Tensor, lora_a: torch.Tensor, lora_b: torch.Tensor, scaling: float) -> torch.Tensor:
+    return torch.addmm(weight, lora_b, lora_a, alpha=scaling)
+
+
+class MergedLoRALinear(torch.autograd.Function):
+    """A LoRA linear layer in training as one pass on its merged weight: y = x (W + s·B·A)ᵀ + b.
+
+    Forward, one matrix product instead of peft's three (base, A, B) and its two elementwise
+    passes over the output (scaling, sum). Backward, ∂x = g (W + s·B·A) and the adapters'
+    gradients without ever the base weight's: from the weight-sized product M = gᵀx
+    (∂A = s BᵀM, ∂B = s M Aᵀ) where it is cheap, its size at most 4 × that of LoRA's own thin
+    products (small layers, where each operation's overhead outweighs its arithmetic), else
+    from those thin products, as peft's backward computes them: ∂A = s (g B)ᵀ x, ∂B = s gᵀ (x Aᵀ)."""
+
+    @staticmethod
+    def forward(ctx, x, lora_a, lora_b, weight, bias, scaling):
+        merged = _merge_linear(weight, lora_a, lora_b, scaling)
+        ctx.save_for_backward(x, merged, lora_a, lora_b)
+        ctx.scaling = scaling
+        return F.linear(x, merged, bias)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, merged, lora_a, lora_b = ctx.saved_tensors
+        grad_x = grad @ merged if ctx.needs_input_grad[0] else None
+        grad_a = grad_b = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            (rank, d_in), d_out = lora_a.shape, lora_b.shape[0]
+            g, x = grad.reshape(-1, d_out), x.reshape(-1, d_in)
+            if d_in * d_out <= 8 * rank * (d_in + d_out):
+                m = g.t() @ x
+                grad_a, grad_b = lora_b.t() @ m, m @ lora_a.t()
+            else:
+                grad_a, grad_b = (g @ lora_b).t() @ x, g.t() @ (x @ lora_a.t())
+            if ctx.scaling != 1:
+                grad_a, grad_b = grad_a * ctx.scaling, grad_b * ctx.scaling
+        return grad_x, grad_a, grad_b, None, None, None
+
+
+def _training_forward(layer: nn.Module):
+    """`layer`'s forward as `MergedLoRALinear`."""
+    name, base = layer.active_adapters[0], layer.get_base_layer()
+    lora_a, lora_b, scaling = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+
+    def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        if args or kwargs:  # peft's per-sample adapters (`adapter_names`): its own forward
+            return type(layer).forward(layer, x, *args, **kwargs)
+        return MergedLoRALinear.apply(x, lora_a, lora_b, base.weight, base.bias, scaling)
+
+    return forward

@@ -276,7 +276,8 @@ class DiffusionPolicy(FineTuning, nn.Module):
     def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at x_t under `cond`, one pass, (B, C, H, W) float32: ε, v or x_0
         for a diffusion model (its scheduler's prediction_type), the velocity for a flow model."""
-        return self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance).float()
+        with self.merged_lora():
+            return self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance).float()
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The guided prediction that the sampler steps with, (B, C, H, W) float32.
@@ -353,8 +354,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
             x_t is numpy, else torch on the policy's device; without the batch dimension for a
             single env's observation. log_prob is NaN at a flow sampler's ODE steps.
         """
-        with self.merged_lora():
-            step = self.forward(obs, generator=generator)
+        step = self.forward(obs, generator=generator)
         return self._like_obs(obs, step.prev_sample), self._like_obs(obs, step.log_prob)
 
     def log_prob(self, obs: dict, action: torch.Tensor | np.ndarray) -> torch.Tensor:

@@ -192,13 +192,13 @@ def test_lora_adapters_depend_only_on_the_seed():
     "levers", [{}, {"channels_last": True}, {"compile": True, "compile_backend": "aot_eager"}], ids=["defaults", "channels_last", "compile"]
 )
 def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
-    """How the UNet runs, not what it computes. Against a policy with no lever at all (LoRA
-    unmerged in sampling), a fixed-seed rollout with the levers on by default (sampling with
-    merged LoRA weights, `merged_lora`), and with each of `optimize`'s on top, gives the same
-    samples and log-probs within float32 rounding (1e-5 of the largest sample value, 5e-6 nats a
-    dimension) and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level may
-    change the file by a few bytes); recomputed with gradients (unmerged), as DDPO trains,
-    before any update, the log-probs give every importance ratio 1 to within 1e-6 a dimension
+    """How the UNet runs, not what it computes. Against a policy with no lever at all (peft's
+    unmerged LoRA layers), a fixed-seed rollout with the levers on by default (merged LoRA
+    weights, `merged_lora`), and with each of `optimize`'s on top, gives the same samples and
+    log-probs within float32 rounding (1e-5 of the largest sample value, 5e-6 nats a dimension)
+    and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level may change the
+    file by a few bytes); recomputed with gradients, as DDPO trains, before any update, the
+    log-probs give every importance ratio 1 to within 1e-6 a dimension
     (scaled by 0.1 / σ_t on the last steps, whose small σ_t magnifies a rounding of the mean), so
     a clip range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager";
     inductor's kernels are timed in benchmarks/vs_reference.py."""
@@ -214,7 +214,7 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
             torch.manual_seed(1)
             for p in policy.trainable_parameters():  # adapters away from zero, so their path counts
                 p.normal_(0, 0.05)
-        policy.merge_lora_when_sampling = not baseline
+        policy.merge_lora = not baseline
         policy.optimize(**options)
         envs.reset(seed=0)
         return policy, rollout(envs, policy, num_batches=1, generator=torch.Generator().manual_seed(0))
@@ -238,11 +238,12 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
 
 
 def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_back(tiny_model):
-    """Inside `merged_lora` each LoRA layer runs its base layer alone on W + s·B·A: exactly the
-    base policy while B = 0, the unmerged policy within float32 rounding after the adapters
-    move, and the new adapters after an in-place change (an optimizer step). On leaving, every
-    base weight is the very tensor it was, bit for bit. Nothing is merged with gradients on,
-    under `reference()`, or with `merge_lora_when_sampling` False."""
+    """Inside `merged_lora` (every pass of the policy) each LoRA layer computes with W + s·B·A:
+    exactly the base policy while B = 0, the unmerged policy (`merge_lora` False, peft's own
+    forward) within float32 rounding after the adapters move, and the new adapters after an
+    in-place change (an optimizer step). On leaving, every base weight is the very tensor it was,
+    bit for bit, and every layer its own forward. Nothing is merged under `reference()` or with
+    `merge_lora` False."""
     from peft.tuners.lora import LoraLayer
 
     policy = make_policy(tiny_model)
@@ -254,12 +255,11 @@ def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_bac
     generator = torch.Generator().manual_seed(1)
 
     def step(merge: bool):
+        policy.merge_lora = merge
         with torch.no_grad():
-            if not merge:
-                return policy(obs, action=action)
             with policy.merged_lora():
-                assert all(layer.merged for layer in layers)
-                return policy(obs, action=action)
+                assert all(layer.merged for layer in layers) == merge
+            return policy(obs, action=action)
 
     assert torch.equal(step(True).log_prob, step(False).log_prob)  # B = 0: W + 0 is W
     for _ in range(2):  # adapters moved in place, as an optimizer moves them: the merged weights follow
@@ -272,13 +272,77 @@ def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_bac
         torch.testing.assert_close(merged.log_prob, unmerged.log_prob, rtol=1e-6, atol=1e-3)
     assert all(not layer.merged for layer in layers)
     assert all(w.data_ptr() == pointer and torch.equal(w.data, original) for w, pointer, original in weights)
-    with policy.merged_lora():  # gradients on: nothing merged
-        assert not any(layer.merged for layer in layers)
     with torch.no_grad(), policy.reference(), policy.merged_lora():
         assert not any(layer.merged for layer in layers)
-    policy.merge_lora_when_sampling = False
+    policy.merge_lora = False
     with torch.no_grad(), policy.merged_lora():
         assert not any(layer.merged for layer in layers)
+
+
+def test_merged_lora_in_training_gives_peft_gradients_and_the_sampled_log_probs(tiny_model):
+    """With gradients on, each LoRA layer's pass is `MergedLoRALinear`, whose backward is the
+    derivative of its forward (`gradcheck`, float64). In the policy: the log-prob and the
+    adapters' gradients of peft's unmerged forward within float32 rounding (5e-5 of each
+    gradient's norm: the forward's rounding, magnified by the log-density), and, since sampling
+    merges alike, the log-probs `act` sampled with, bit for bit, after the adapters moved. The
+    layers get their own forwards back on leaving; under `reference()` nothing is replaced."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.tuners.lora import LoraLayer
+
+    from diffusion_gym.finetuning import MergedLoRALinear
+
+    generator = torch.Generator().manual_seed(3)
+    for d_in, d_out in ((6, 5), (40, 48)):  # the backward's two ways: through gᵀx, and through LoRA's thin products
+        model = torch.nn.Sequential(torch.nn.Linear(d_in, d_out)).double()
+        layer = inject_adapter_in_model(LoraConfig(r=2, lora_alpha=6, target_modules=["0"]), model)[0].double()  # scaling 3
+        a, b, base = layer.lora_A["default"].weight, layer.lora_B["default"].weight, layer.get_base_layer()
+        with torch.no_grad():
+            b.copy_(torch.randn(b.shape, generator=generator, dtype=torch.float64))
+        x = torch.randn(4, 3, d_in, generator=generator, dtype=torch.float64, requires_grad=True)
+
+        def merged(x, a, b):
+            return MergedLoRALinear.apply(x, a, b, base.weight, base.bias, 3.0)
+
+        assert torch.autograd.gradcheck(merged, (x, a, b))
+        torch.testing.assert_close(merged(x, a, b), layer(x))
+
+    policy = make_policy(tiny_model)
+    policy.enable_lora(rank=4, alpha=8)  # scaling 2: the scaling's place in the backward counts
+    layers = [m for m in policy.denoiser.modules() if isinstance(m, LoraLayer)]
+    with torch.no_grad():
+        for p, generator in zip(policy.trainable_parameters(), [torch.Generator().manual_seed(2)] * 10**4):
+            p.add_(torch.randn(p.shape, generator=generator), alpha=0.05)
+    obs = batch_obs(policy)
+    action, sampled = policy.act(obs, generator=torch.Generator().manual_seed(0))
+    seen = []
+    original = MergedLoRALinear.forward
+
+    def gradients(merge: bool):
+        policy.merge_lora = merge
+        policy.denoiser.zero_grad(set_to_none=True)
+        log_prob = policy.log_prob(obs, action)
+        log_prob.sum().backward()
+        return log_prob.detach(), [p.grad.clone() for p in policy.trainable_parameters()]
+
+    try:
+        MergedLoRALinear.forward = staticmethod(lambda ctx, *args: seen.append(1) or original(ctx, *args))
+        merged_log_prob, merged_grads = gradients(True)
+    finally:
+        MergedLoRALinear.forward = staticmethod(original)
+    assert len(seen) == len(layers)  # one merged pass per layer
+    log_prob, grads = gradients(False)
+    assert torch.equal(merged_log_prob, sampled)  # training recomputes what sampling computed
+    assert not torch.equal(log_prob, sampled)  # peft's forward rounds otherwise
+    torch.testing.assert_close(merged_log_prob, log_prob, rtol=1e-6, atol=1e-6 * float(log_prob.abs().max()))
+    for merged_grad, grad in zip(merged_grads, grads):
+        assert float(grad.norm()) > 0
+        assert float((merged_grad - grad).norm()) <= 5e-5 * float(grad.norm())  # a wrong backward is off by order one
+    assert not any("forward" in layer.__dict__ for layer in layers)
+    policy.merge_lora = True
+    with policy.reference(), policy.merged_lora():
+        assert not any("forward" in layer.__dict__ for layer in layers)
+    with policy.merged_lora():
+        assert all("forward" in layer.__dict__ for layer in layers)
 
 
 def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model):
