@@ -27,6 +27,7 @@ class FineTuning:
     matrix product a layer instead of three, for the price of a copy of the adapted weights."""
     _merged: tuple[list, list | None] | None = None  # (the active adapters, the weights' pointers and versions; the merged weights)
     _lora_layers: tuple[tuple, list] | None = None  # ((the denoiser, its adapters' names), its LoRA layers)
+    _training_forwards: tuple[list, tuple, list | None] | None = None  # (the LoRA layers, what was checked; their training forwards)
 
     @property
     def finetuning(self) -> str | None:
@@ -152,13 +153,20 @@ class FineTuning:
     @contextmanager
     def _merged_in_training(self, layers: list) -> Iterator[None]:
         """Each LoRA layer's forward is `MergedLoRALinear` within this block, if every layer can
-        take it (`_mergeable`); the layers' own forwards come back on leaving."""
-        if not _mergeable(layers, training=True):
+        take it (`_mergeable`, checked again only when the layers, their active adapters, their
+        train/eval mode or their dtype change); the layers' own forwards come back on leaving."""
+        first, weight = layers[0][0], layers[0][1]
+        key = (tuple(first.active_adapters), first.training, weight.dtype)
+        if self._training_forwards is None or self._training_forwards[0] is not layers or self._training_forwards[1] != key:
+            forwards = [_training_forward(layer) for layer, _, _ in layers] if _mergeable(layers, training=True) else None
+            self._training_forwards = (layers, key, forwards)
+        forwards = self._training_forwards[2]
+        if forwards is None:
             yield
             return
         try:
-            for layer, _, _ in layers:
-                layer.forward = _training_forward(layer)  # an instance attribute, as accelerate's hooks patch a forward
+            for (layer, _, _), forward in zip(layers, forwards):
+                layer.__dict__["forward"] = forward  # an instance attribute, as accelerate's hooks patch a forward
             yield
         finally:
             for layer, _, _ in layers:
