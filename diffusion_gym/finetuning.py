@@ -156,6 +156,9 @@ class FineTuning:
         take it (`_mergeable`, checked again only when the layers, their active adapters, their
         train/eval mode or their dtype change); the layers' own forwards come back on leaving."""
         first, weight = layers[0][0], layers[0][1]
+        if "forward" in first.__dict__:  # inside another merged_lora block (or another patch): left as it is
+            yield
+            return
         key = (tuple(first.active_adapters), first.training, weight.dtype)
         if self._training_forwards is None or self._training_forwards[0] is not layers or self._training_forwards[1] != key:
             forwards = [_training_forward(layer) for layer, _, _ in layers] if _mergeable(layers, training=True) else None

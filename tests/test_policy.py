@@ -343,6 +343,10 @@ def test_merged_lora_in_training_gives_peft_gradients_and_the_sampled_log_probs(
         assert not any("forward" in layer.__dict__ for layer in layers)
     with policy.merged_lora():
         assert all("forward" in layer.__dict__ for layer in layers)
+        with policy.merged_lora():  # nested, as a pass inside a merged block: the outer block keeps its forwards
+            pass
+        assert all("forward" in layer.__dict__ for layer in layers)
+    assert not any("forward" in layer.__dict__ for layer in layers)
 
 
 def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model):
