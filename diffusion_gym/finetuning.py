@@ -26,7 +26,8 @@ class FineTuning:
     """Sample and train (`merged_lora()`) with each LoRA layer's weights merged, W + s·B·A: one
     matrix product a layer instead of three, for the price of a copy of the adapted weights."""
     _merged: tuple[list, list | None] | None = None  # (the active adapters, the weights' pointers and versions; the merged weights)
-    _lora_layers: tuple[tuple, list] | None = None  # ((the denoiser, its adapters' names), its LoRA layers)
+    _lora_layers: tuple[tuple, list, tuple] | None = None  # ((the denoiser, its adapters' names, their configs' ids), its LoRA layers, the configs)
+    _swapped: bool = False  # merged weights swapped in by a block without gradients
     _training_forwards: tuple[list, tuple, list | None] | None = None  # (the LoRA layers, what was checked; their training forwards)
 
     @property
@@ -118,9 +119,16 @@ class FineTuning:
 
         Nothing changes without LoRA, with the adapters disabled (`reference()`), with
         half-precision base weights or under half-precision autocast (W + s·B·A rounded to
-        bfloat16 would lose a small update), with DoRA, LoRA biases or LoRA dropout, on sharded
-        weights, or with `merge_lora` False; in training also with several active adapters or
-        a trainable base layer."""
+        bfloat16 would lose a small update), with DoRA or another LoRA variant, LoRA biases or
+        LoRA dropout, on sharded weights, or with `merge_lora` False; in training also with
+        several active adapters, a trainable base layer or hooks on the layer's modules. A pass
+        with gradients inside a block entered without them is refused (no gradient would reach
+        the adapters)."""
+        if self._swapped and torch.is_grad_enabled():
+            raise RuntimeError(
+                "A pass with gradients inside a merged_lora() block entered without them: its base weights hold W + s·B·A, "
+                "through which no gradient reaches the adapters. Compute gradients outside that block (or enter it with gradients on)."
+            )
         layers = self._lora_layers_found() if self.merge_lora else []
         if not layers or _half_autocast(layers[0][1].device.type) or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
             yield
@@ -131,6 +139,7 @@ class FineTuning:
             return
         # what the merged weights depend on: every weight's storage and version, the active adapters
         key = [tuple(layers[0][0].active_adapters)] + [(w.data_ptr(), w._version) for _, base, adapter in layers for w in (base, *adapter)]
+        key += [tuple(layer.scaling.values()) for layer, _, _ in layers]  # `scale_layer` (diffusers' adapter weights) rescales in place
         if self._merged is None or self._merged[0] != key:
             self._merged = None  # the old copies go before the new ones are made
             self._merged = (key, self._merge(layers))
@@ -144,8 +153,10 @@ class FineTuning:
                 swapped.append((layer, weight, weight.data))
                 weight.data = merged_weight
                 layer.merged_adapters = list(active)  # peft's forward then runs the base layer alone
+            self._swapped = True
             yield
         finally:
+            self._swapped = False
             for layer, weight, original in swapped:
                 weight.data = original
                 layer.merged_adapters = []
@@ -184,16 +195,18 @@ class FineTuning:
 
     def _lora_layers_found(self) -> list[tuple[nn.Module, nn.Parameter, list[nn.Parameter]]]:
         """(layer, base weight, adapter weights) of the denoiser's peft LoRA layers ([] without
-        LoRA), found once per denoiser and set of adapters."""
+        LoRA), found once per denoiser and set of adapters (an adapter deleted and added again
+        under its name is a new config object, so a new set)."""
         config = getattr(self.denoiser, "peft_config", None)  # not `finetuning`, which reads every parameter
         if not config:
             return []
-        if self._lora_layers is None or self._lora_layers[0] != (self.denoiser, tuple(config)):
+        key = (self.denoiser, tuple(config), tuple(map(id, config.values())))
+        if self._lora_layers is None or self._lora_layers[0] != key or self._lora_layers[2] != tuple(config.values()):
             from peft.tuners.lora import LoraLayer
 
             layers = [m for m in self.denoiser.modules() if isinstance(m, LoraLayer)]
             found = [(layer, layer.get_base_layer().weight, [p for p in layer.parameters() if p.requires_grad]) for layer in layers]
-            self._lora_layers = ((self.denoiser, tuple(config)), found)
+            self._lora_layers = (key, found, tuple(config.values()))  # the configs kept alive: their ids stay theirs
         return self._lora_layers[1]
 
     def shard(self) -> None:
@@ -243,24 +256,33 @@ def _mergeable(layers: list, training: bool) -> bool:
     weight; in training also one active adapter on a frozen `nn.Linear` (what
     `MergedLoRALinear` differentiates) whose forward nothing else has replaced."""
     for layer, weight, _ in layers:
-        names = layer.active_adapters
+        names = _active(layer)
+        variants = getattr(layer, "lora_variant", {})  # DoRA and peft's other LoRA variants compute otherwise
         if (type(weight.data) is not torch.Tensor or weight.dtype != torch.float32
-                or any(layer.use_dora.get(name) or layer.lora_bias.get(name) for name in names)
+                or any(name in variants or layer.use_dora.get(name) or layer.lora_bias.get(name) for name in names)
                 or any(layer.training and not isinstance(layer.lora_dropout[name], nn.Identity) for name in names)):  # fmt: skip
             return False
         if training:
             base = layer.get_base_layer()
+            modules = [base] + [m for name in names for m in (layer.lora_A[name], layer.lora_B[name])]
             if (len(names) != 1 or type(base) is not nn.Linear or getattr(layer, "fan_in_fan_out", False) or "forward" in layer.__dict__
-                    or any(p.requires_grad for p in base.parameters())):  # fmt: skip
+                    or any(p.requires_grad for p in base.parameters())
+                    or any(m._forward_hooks or m._forward_pre_hooks or "forward" in m.__dict__ for m in modules)):  # fmt: skip  # hooks the merged pass would skip
                 return False
     return True
+
+
+def _active(layer: nn.Module) -> list[str]:
+    """The active adapters a LoRA layer holds (an adapter may target only some layers; peft skips
+    it in the others)."""
+    return [name for name in layer.active_adapters if name in layer.lora_A]
 
 
 def _merged_weight(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
     """W + s·B·A of a peft LoRA layer's active adapters: the one merge of sampling and training
     (`_merge_linear` for a linear layer's adapter, peft's delta for any other)."""
     linear = type(layer.get_base_layer()) is nn.Linear and not getattr(layer, "fan_in_fan_out", False)
-    for name in layer.active_adapters:
+    for name in _active(layer):
         if linear:
             weight = _merge_linear(weight, layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name])
         else:
@@ -284,16 +306,15 @@ class MergedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, lora_a, lora_b, weight, bias, scaling):
-        merged = _merge_linear(weight, lora_a, lora_b, scaling)
-        ctx.save_for_backward(x, merged, lora_a, lora_b)
+        ctx.save_for_backward(x, weight, lora_a, lora_b)  # the merged weight is made again in the backward, not kept
         ctx.scaling = scaling
-        return F.linear(x, merged, bias)
+        return F.linear(x, _merge_linear(weight, lora_a, lora_b, scaling), bias)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, merged, lora_a, lora_b = ctx.saved_tensors
-        grad_x = grad @ merged if ctx.needs_input_grad[0] else None
+        x, weight, lora_a, lora_b = ctx.saved_tensors
+        grad_x = grad @ _merge_linear(weight, lora_a, lora_b, ctx.scaling) if ctx.needs_input_grad[0] else None
         grad_a = grad_b = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             (rank, d_in), d_out = lora_a.shape, lora_b.shape[0]
@@ -309,13 +330,18 @@ class MergedLoRALinear(torch.autograd.Function):
 
 
 def _training_forward(layer: nn.Module):
-    """`layer`'s forward as `MergedLoRALinear`."""
-    name, base = layer.active_adapters[0], layer.get_base_layer()
-    lora_a, lora_b, scaling = layer.lora_A[name].weight, layer.lora_B[name].weight, layer.scaling[name]
+    """`layer`'s forward as `MergedLoRALinear`, reading the layer as it is at each call: peft's own
+    forward wherever that would compute otherwise (per-sample adapters, adapters disabled or
+    merged, as `reference()` or a nested block without gradients leaves them, another active
+    adapter, a trainable base weight, hooks on the base layer) or without gradients."""
+    base = layer.get_base_layer()
 
     def forward(x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        if args or kwargs:  # peft's per-sample adapters (`adapter_names`): its own forward
+        names = layer.active_adapters
+        if (args or kwargs or layer.disable_adapters or layer.merged or len(names) != 1 or names[0] not in layer.lora_A
+                or base.weight.requires_grad or base._forward_hooks or base._forward_pre_hooks or not torch.is_grad_enabled()):  # fmt: skip
             return type(layer).forward(layer, x, *args, **kwargs)
-        return MergedLoRALinear.apply(x, lora_a, lora_b, base.weight, base.bias, scaling)
+        name = names[0]
+        return MergedLoRALinear.apply(x, layer.lora_A[name].weight, layer.lora_B[name].weight, base.weight, base.bias, layer.scaling[name])
 
     return forward

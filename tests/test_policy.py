@@ -285,7 +285,9 @@ def test_merged_lora_in_training_gives_peft_gradients_and_the_sampled_log_probs(
     adapters' gradients of peft's unmerged forward within float32 rounding (5e-5 of each
     gradient's norm: the forward's rounding, magnified by the log-density), and, since sampling
     merges alike, the log-probs `act` sampled with, bit for bit, after the adapters moved. The
-    layers get their own forwards back on leaving; under `reference()` nothing is replaced."""
+    layers get their own forwards back on leaving; each pass reads the layer as it is (its
+    scaling, `reference()` inside the block); under `reference()` nothing is replaced; a pass with
+    gradients inside a block entered without them is refused."""
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
@@ -338,7 +340,18 @@ def test_merged_lora_in_training_gives_peft_gradients_and_the_sampled_log_probs(
         assert float(grad.norm()) > 0
         assert float((merged_grad - grad).norm()) <= 5e-5 * float(grad.norm())  # a wrong backward is off by order one
     assert not any("forward" in layer.__dict__ for layer in layers)
+    for layer in layers:
+        layer.scale_layer(0.5)  # rescaled in place, as diffusers' adapter weights do: each pass reads the scaling
+    (merged_log_prob, merged_grads), (log_prob, grads) = gradients(True), gradients(False)
+    torch.testing.assert_close(merged_log_prob, log_prob, rtol=1e-6, atol=1e-6 * float(log_prob.abs().max()))
+    assert all(float((m - g).norm()) <= 5e-5 * float(g.norm()) for m, g in zip(merged_grads, grads))
     policy.merge_lora = True
+    with torch.no_grad(), policy.reference():
+        reference = policy(obs, action=action).mean
+    with policy.merged_lora(), policy.reference():  # reference() inside a block with gradients: the starting model
+        assert torch.equal(policy(obs, action=action).mean.detach(), reference)
+    with torch.no_grad(), policy.merged_lora(), torch.enable_grad(), pytest.raises(RuntimeError, match="no gradient reaches the adapters"):
+        policy.log_prob(obs, action)
     with policy.reference(), policy.merged_lora():
         assert not any("forward" in layer.__dict__ for layer in layers)
     with policy.merged_lora():
