@@ -52,7 +52,7 @@ def direct_episode(envs, policy: DiffusionPolicy, seed: int) -> np.ndarray:
     prompts = [base.prompts[i] for i in rng.integers(len(base.prompts), size=base.num_envs)]
     x = torch.from_numpy(rng.standard_normal((base.num_envs, *base.model.sample_shape), dtype=np.float32)).to(policy.device)
     generator = torch.Generator(policy.device).manual_seed(seed)
-    with torch.no_grad(), policy.merged_lora():  # as `act` samples
+    with torch.no_grad():  # each pass merges its LoRA weights as `act`'s do (`denoise`)
         for t in base.scheduler.timesteps.tolist():
             timesteps = torch.full((base.num_envs,), t, device=policy.device)
             x = policy({"prompt": prompts, "timestep": timesteps, "x_t": x}, generator=generator).prev_sample

@@ -152,14 +152,14 @@ class FineTuning:
             for (layer, weight, _), merged_weight in zip(layers, merged):
                 swapped.append((layer, weight, weight.data))
                 weight.data = merged_weight
-                layer.merged_adapters = list(active)  # peft's forward then runs the base layer alone
+                layer.__dict__["merged_adapters"] = list(active)  # peft's forward then runs the base layer alone (set in __dict__: nn.Module's setattr is slower)
             self._swapped = True
             yield
         finally:
             self._swapped = False
             for layer, weight, original in swapped:
                 weight.data = original
-                layer.merged_adapters = []
+                layer.__dict__["merged_adapters"] = []
 
     @contextmanager
     def _merged_in_training(self, layers: list) -> Iterator[None]:
