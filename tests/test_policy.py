@@ -362,6 +362,33 @@ def test_merged_lora_in_training_gives_peft_gradients_and_the_sampled_log_probs(
     assert not any("forward" in layer.__dict__ for layer in layers)
 
 
+def test_attention_processor_shows_diffusers_its_signature_without_inspecting_a_method():
+    """diffusers' `Attention.forward` filters its keyword arguments by
+    `inspect.signature(processor.__call__)` on every call. The processor hands it a callable that
+    carries the method's signature: the same parameters (so the same arguments pass), read
+    without building a signature (which is most of the per-call cost). A deep copy (a kept
+    reference denoiser) calls its own processor."""
+    import copy
+    import inspect
+
+    from diffusers.models.attention_processor import Attention
+
+    from diffusion_gym.models.attention import SDPAOrExplicitAttention
+
+    processor = SDPAOrExplicitAttention()
+    assert inspect.signature(processor.__call__) == inspect.signature(SDPAOrExplicitAttention.__call__.__get__(processor))
+    assert isinstance(processor.__call__.__signature__, inspect.Signature)
+    attn = Attention(16, heads=2, dim_head=8, processor=processor)
+    x = torch.randn(2, 5, 16)
+    with torch.no_grad():
+        expected = SDPAOrExplicitAttention.__call__(processor, attn, x)
+        assert torch.equal(attn(x), expected)
+        assert torch.equal(attn(x, scale=2.0), expected)  # filtered out, as for diffusers' own processors
+        twin = copy.deepcopy(attn)
+        assert twin.processor.__call__.args[0] is twin.processor
+        assert torch.equal(twin(x), expected)
+
+
 def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model):
     """The UNet's attention is SDPA except on a CPU in half precision, where it is the explicit
     attention (`diffusion_gym.models.attention`) while a sample's scores are small enough. Its
