@@ -181,27 +181,32 @@ def _jpeg_rewards(images_uint8):
     return -jpeg_size_kb(images_uint8)
 
 
-def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext) -> float:
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, steps_per_pass: int = 1) -> float:
     """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
-    forward/backward passes (batch 2 × train batch), on inputs of the same shapes; within
-    `merged()` (ours: `merged_lora`, as our passes run)."""
+    forward/backward passes (2 × train batch rows a sampler step, `steps_per_pass` steps a pass,
+    as the side trains), on inputs of the same shapes; within `merged()` (ours: `merged_lora`, as
+    our passes run)."""
     import torch
 
     channels, size = unet.config.in_channels, unet.config.sample_size
     parameter = next(unet.parameters())
     b, n = 2 * config.sample_batch_size, 2 * config.train_batch_size
-    x = torch.randn(b, channels, size, size, dtype=parameter.dtype, device=parameter.device)
-    t = torch.full((b,), 500, device=parameter.device)
-    embeds = embeds[:1].expand(b, -1, -1).to(parameter.device, parameter.dtype)
+    rows = max(b, n * steps_per_pass)
+    x = torch.randn(rows, channels, size, size, dtype=parameter.dtype, device=parameter.device)
+    t = torch.full((rows,), 500, device=parameter.device)
+    embeds = embeds[:1].to(parameter.device, parameter.dtype).repeat(rows, 1, 1)  # a real batch's layout, not a broadcast view
+    steps = config.num_inference_steps
+    passes = [min(steps_per_pass, steps - first) * n for first in range(0, steps, steps_per_pass)]
     start = time.perf_counter()
     with torch.no_grad(), autocast(), merged():
-        for _ in range(config.batches_per_epoch * config.num_inference_steps):
-            unet(x, t, encoder_hidden_states=embeds)
+        for _ in range(config.batches_per_epoch * steps):
+            unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     minibatches = config.sample_batch_size * config.batches_per_epoch // config.train_batch_size
-    for _ in range(minibatches * config.num_inference_steps):
-        with autocast(), merged():
-            out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
-        out.float().mean().backward()
+    for _ in range(minibatches):
+        for m in passes:
+            with autocast(), merged():
+                out = unet(x[:m], t[:m], encoder_hidden_states=embeds[:m]).sample
+            out.float().mean().backward()
     if parameter.is_cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -241,11 +246,12 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
+    steps_per_pass = agent.steps_per_pass(batch, agent._steps_trained(agent.trainable_steps(batch)))
     unet = None
     if config.unet_baseline:
         with turn():
-            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora)
-    return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": agent.steps_per_pass(batch, agent._steps_trained(agent.trainable_steps(batch)))}
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, steps_per_pass)
+    return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": steps_per_pass}
 
 
 def run_trl(config: VsReferenceConfig, start: float) -> dict:
@@ -351,7 +357,8 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
 def _run_pair(config: VsReferenceConfig, folder: Path, env: dict, order: tuple[str, str]) -> dict[str, dict]:
     """One run: a fresh worker process for each side, started one after the other, then their
     turns (`turn`) alternated: the epochs in `order`, then reversed, and so on; the isolated UNet
-    passes last. Returns each side's RESULT."""
+    passes last. A worker's last turn is followed by its report and exit (a process tearing down
+    takes CPU) before the other side's last turn. Returns each side's RESULT."""
     workers: dict[str, tuple[subprocess.Popen, object]] = {}
 
     def read_until(side: str, marker: str) -> str:
@@ -379,6 +386,7 @@ def _run_pair(config: VsReferenceConfig, folder: Path, env: dict, order: tuple[s
             workers[side] = (subprocess.Popen(args, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True), log)
             read_until(side, "TURN")  # set up, waiting for its first epoch
         turns = config.epochs + (1 if config.unet_baseline else 0)
+        results = {}
         for k in range(turns):
             for side in order if k % 2 == 0 else order[::-1]:
                 process = workers[side][0]
@@ -387,7 +395,10 @@ def _run_pair(config: VsReferenceConfig, folder: Path, env: dict, order: tuple[s
                 read_until(side, "DONE")
                 if k < turns - 1:
                     read_until(side, "TURN")
-        return {side: json.loads(read_until(side, "RESULT ")[len("RESULT ") :]) for side in order}
+                else:  # its last turn: it reports and exits before the other side's last turn starts
+                    results[side] = json.loads(read_until(side, "RESULT ")[len("RESULT ") :])
+                    process.wait()
+        return {side: results[side] for side in order}
     finally:
         for process, log in workers.values():
             if process.poll() is None:
