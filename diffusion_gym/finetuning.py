@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from diffusion_gym.models.attention import half_autocast
+
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -130,7 +132,7 @@ class FineTuning:
                 "through which no gradient reaches the adapters. Compute gradients outside that block (or enter it with gradients on)."
             )
         layers = self._lora_layers_found() if self.merge_lora else []
-        if not layers or _half_autocast(layers[0][1].device.type) or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
+        if not layers or half_autocast(layers[0][1].device.type) or any(layer.disable_adapters or layer.merged for layer, _, _ in layers):
             yield
             return
         if torch.is_grad_enabled():
@@ -201,7 +203,7 @@ class FineTuning:
         if not config:
             return []
         key = (self.denoiser, tuple(config), tuple(map(id, config.values())))
-        if self._lora_layers is None or self._lora_layers[0] != key or self._lora_layers[2] != tuple(config.values()):
+        if self._lora_layers is None or self._lora_layers[0] != key:
             from peft.tuners.lora import LoraLayer
 
             layers = [m for m in self.denoiser.modules() if isinstance(m, LoraLayer)]
@@ -246,10 +248,6 @@ class FineTuning:
 
 
 # ---------------------------------------------------------------- merged LoRA layers
-def _half_autocast(device_type: str) -> bool:
-    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in (torch.bfloat16, torch.float16)
-
-
 def _mergeable(layers: list, training: bool) -> bool:
     """Whether every LoRA layer computes W + s·B·A exactly as peft's unmerged forward does up to
     float rounding: plain LoRA (no DoRA, no LoRA bias, no dropout) on an unsharded float32 base

@@ -27,10 +27,13 @@ EXPLICIT_MAX_SCORES = 2**18
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def half_autocast(device_type: str) -> bool:
+    """Whether autocast on `device_type` is on and computes in bfloat16 or float16."""
+    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in _HALF
+
+
 def _half_precision(hidden_states: torch.Tensor) -> bool:
-    if hidden_states.dtype in _HALF:
-        return True
-    return torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in _HALF
+    return hidden_states.dtype in _HALF or half_autocast("cpu")
 
 
 class SDPAOrExplicitAttention:
