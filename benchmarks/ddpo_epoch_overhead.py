@@ -65,7 +65,7 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_
     x = torch.randn(rows, channels, size, size, device=policy.device)
     b = config.num_envs * cfg
     start = time.perf_counter()
-    with torch.no_grad(), policy.merged_lora():
+    with torch.no_grad(), policy.merged_lora(), torch.inference_mode():  # as `DiffusionPolicy.denoise` samples
         for _ in range(config.batches_per_epoch * steps):
             unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     sampling = time.perf_counter() - start

@@ -181,11 +181,11 @@ def _jpeg_rewards(images_uint8):
     return -jpeg_size_kb(images_uint8)
 
 
-def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, steps_per_pass: int = 1) -> float:
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, steps_per_pass: int = 1, inference_mode: bool = False) -> float:
     """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
     forward/backward passes (2 × train batch rows a sampler step, `steps_per_pass` steps a pass,
     as the side trains), on inputs of the same shapes; within `merged()` (ours: `merged_lora`, as
-    our passes run)."""
+    our passes run), the sampling forwards in inference mode with `inference_mode` (ours)."""
     import torch
 
     channels, size = unet.config.in_channels, unet.config.sample_size
@@ -198,7 +198,7 @@ def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=null
     steps = config.num_inference_steps
     passes = [min(steps_per_pass, steps - first) * n for first in range(0, steps, steps_per_pass)]
     start = time.perf_counter()
-    with torch.no_grad(), autocast(), merged():
+    with torch.no_grad(), autocast(), merged(), torch.inference_mode(inference_mode):
         for _ in range(config.batches_per_epoch * steps):
             unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     minibatches = config.sample_batch_size * config.batches_per_epoch // config.train_batch_size
@@ -250,7 +250,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     unet = None
     if config.unet_baseline:
         with turn():
-            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, steps_per_pass)
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, steps_per_pass, inference_mode=True)
     return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": steps_per_pass}
 
 
@@ -349,6 +349,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     return [(name, value, value) for name, value in same] + [
         ("UNet passes", ours_unet, "eager"),
         ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),
+        ("sampling passes", "inference mode (`DiffusionPolicy.denoise`)", "torch.no_grad"),
         ("sampler steps a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", "1"),
         ("attention", ours_attention, "SDPA"),
     ]

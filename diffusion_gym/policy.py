@@ -275,9 +275,17 @@ class DiffusionPolicy(FineTuning, nn.Module):
 
     def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at x_t under `cond`, one pass, (B, C, H, W) float32: ε, v or x_0
-        for a diffusion model (its scheduler's prediction_type), the velocity for a flow model."""
+        for a diffusion model (its scheduler's prediction_type), the velocity for a flow model.
+
+        Without gradients the pass runs in inference mode, which spares every operation autograd's
+        bookkeeping (version counters, view tracking); its output is returned as a normal tensor,
+        so that it may enter a later pass with gradients."""
         with self.merged_lora():
-            return self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance).float()
+            if torch.is_grad_enabled():
+                return self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance).float()
+            with torch.inference_mode():
+                out = self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance)
+        return out.float() if out.dtype != torch.float32 else out.clone()  # either way a new, normal tensor
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The guided prediction that the sampler steps with, (B, C, H, W) float32.

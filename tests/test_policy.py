@@ -194,7 +194,7 @@ def test_lora_adapters_depend_only_on_the_seed():
 def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
     """How the UNet runs, not what it computes. Against a policy with no lever at all (peft's
     unmerged LoRA layers), a fixed-seed rollout with the levers on by default (merged LoRA
-    weights, `merged_lora`), and with each of `optimize`'s on top, gives the same samples and
+    weights, `merged_lora`; sampling passes in inference mode, for the baseline too), and with each of `optimize`'s on top, gives the same samples and
     log-probs within float32 rounding (1e-5 of the largest sample value, 5e-6 nats a dimension)
     and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level may change the
     file by a few bytes); recomputed with gradients, as DDPO trains, before any update, the
@@ -235,6 +235,28 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
         # last steps (small std) get a bound looser in proportion, as in tests/agents/test_learning.py
         std = float(policy.sampler.std(batch.timesteps[0, step : step + 1]))
         assert float((log_prob.detach() - batch.log_probs[index, steps]).abs().max()) / dims <= 1e-6 * max(1.0, 0.1 / std)
+
+
+def test_sampling_passes_run_in_inference_mode_and_give_tensors_a_backward_can_keep(tiny_model):
+    """Without gradients `denoise` runs its pass in inference mode (no autograd bookkeeping) and
+    returns the same numbers as the pass with gradients, bit for bit, in a normal tensor: one
+    that a later backward may keep (an inference tensor would make it raise)."""
+    policy = make_policy(tiny_model)
+    policy.enable_lora(rank=2)
+    obs = batch_obs(policy)
+    cond = policy.encode_prompts(list(obs["prompt"]))
+    modes = []
+    handle = policy.denoiser.register_forward_hook(lambda module, args, out: modes.append(torch.is_inference_mode_enabled()))
+    with torch.no_grad():
+        sampled = policy.denoise(obs["x_t"], obs["timestep"], cond)
+    trained = policy.denoise(obs["x_t"], obs["timestep"], cond)
+    handle.remove()
+    assert modes == [True, False]
+    assert trained.requires_grad and not sampled.is_inference() and sampled.dtype == torch.float32
+    assert torch.equal(sampled, trained.detach())
+    weight = torch.ones((), requires_grad=True)
+    (weight * sampled).sum().backward()  # the product keeps `sampled` for the backward
+    assert float(weight.grad) == float(sampled.sum())
 
 
 def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_back(tiny_model):
