@@ -194,10 +194,11 @@ def test_lora_adapters_depend_only_on_the_seed():
 def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
     """How the UNet runs, not what it computes. Against a policy with no lever at all (peft's
     unmerged LoRA layers), a fixed-seed rollout with the levers on by default (merged LoRA
-    weights, `merged_lora`; sampling passes in inference mode, for the baseline too), and with each of `optimize`'s on top, gives the same samples and
-    log-probs within float32 rounding (1e-5 of the largest sample value, 5e-6 nats a dimension)
-    and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8 level may change the
-    file by a few bytes); recomputed with gradients, as DDPO trains, before any update, the
+    weights, `merged_lora`; the baseline too samples in inference mode, which changes no bit:
+    `test_sampling_passes_run_in_inference_mode...`), and with each of `optimize`'s on top, gives
+    the same samples and log-probs within float32 rounding (1e-5 of the largest sample value,
+    5e-6 nats a dimension) and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8
+    level may change the file by a few bytes); recomputed with gradients, as DDPO trains, before any update, the
     log-probs give every importance ratio 1 to within 1e-6 a dimension
     (scaled by 0.1 / σ_t on the last steps, whose small σ_t magnifies a rounding of the mean), so
     a clip range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager";
@@ -256,7 +257,7 @@ def test_sampling_passes_run_in_inference_mode_and_give_tensors_a_backward_can_k
     assert torch.equal(sampled, trained.detach())
     weight = torch.ones((), requires_grad=True)
     (weight * sampled).sum().backward()  # the product keeps `sampled` for the backward
-    assert float(weight.grad) == float(sampled.sum())
+    torch.testing.assert_close(weight.grad, sampled.sum())
 
 
 def test_merged_lora_computes_the_unmerged_policy_and_gives_the_base_weights_back(tiny_model):
