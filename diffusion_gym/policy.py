@@ -280,12 +280,11 @@ class DiffusionPolicy(FineTuning, nn.Module):
         Without gradients the pass runs in inference mode, which spares every operation autograd's
         bookkeeping (version counters, view tracking); its output is returned as a normal tensor,
         so that it may enter a later pass with gradients."""
-        with self.merged_lora():
-            if torch.is_grad_enabled():
-                return self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance).float()
-            with torch.inference_mode():
-                out = self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance)
-        return out.float() if out.dtype != torch.float32 else out.clone()  # either way a new, normal tensor
+        with self.merged_lora(), torch.inference_mode(not torch.is_grad_enabled()):
+            out = self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance)
+        if out.is_inference():  # a new, normal tensor: a backward cannot keep an inference tensor
+            return out.clone() if out.dtype == torch.float32 else out.float()
+        return out.float()
 
     def predict(self, x_t: torch.Tensor, timesteps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The guided prediction that the sampler steps with, (B, C, H, W) float32.

@@ -198,8 +198,8 @@ def test_speed_levers_keep_log_probs_rewards_and_the_first_ratio(levers):
     `test_sampling_passes_run_in_inference_mode...`), and with each of `optimize`'s on top, gives
     the same samples and log-probs within float32 rounding (1e-5 of the largest sample value,
     5e-6 nats a dimension) and JPEG rewards within 0.01 kB (a pixel that rounds to the next uint8
-    level may change the file by a few bytes); recomputed with gradients, as DDPO trains, before any update, the
-    log-probs give every importance ratio 1 to within 1e-6 a dimension
+    level may change the file by a few bytes); recomputed with gradients, as DDPO trains, before
+    any update, the log-probs give every importance ratio 1 to within 1e-6 a dimension
     (scaled by 0.1 / σ_t on the last steps, whose small σ_t magnifies a rounding of the mean), so
     a clip range of 1e-4 clips nothing. The compile case checks tracing with "aot_eager";
     inductor's kernels are timed in benchmarks/vs_reference.py."""
