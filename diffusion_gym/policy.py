@@ -27,6 +27,7 @@ from torch import nn
 from diffusion_gym.finetuning import FineTuning
 from diffusion_gym.models import DiffusionModel
 from diffusion_gym.models.attention import use_fastest_attention
+from diffusion_gym.models.convolution import use_lean_frozen_convolutions
 from diffusion_gym.models.families import Conditioning
 from diffusion_gym.samplers import CPSSampler, DDIMSampler, FlowSDESampler, SamplerStep
 
@@ -162,6 +163,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         self.family = model.family
         self.denoiser = model.denoiser
         use_fastest_attention(self.denoiser)  # SDPA, but on a CPU in half precision the explicit attention (its backward is faster there)
+        use_lean_frozen_convolutions(self.denoiser)  # a frozen convolution keeps the weight for its backward, not its input
         self.text_encoders = nn.ModuleList([m.requires_grad_(False) for m in (model.text_encoder, model.text_encoder_2, model.text_encoder_3) if m is not None])
         self.sampler = make_sampler(model, scheduler, num_inference_steps, settings)
         self.sde_window_size = settings.sde_window_size

@@ -470,6 +470,79 @@ def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_s
     assert error(grads, truth_grads) <= 1.5 * error(sdpa_grads, truth_grads) + 1e-3 and error(grads, truth_grads) < 0.1
 
 
+def test_frozen_convolutions_keep_their_weight_not_their_input_and_compute_the_same(tiny_model):
+    """The policy gives the UNet's convolutions the lean forward
+    (`diffusion_gym.models.convolution`): in a LoRA training pass each frozen convolution that a
+    gradient passes through keeps its weight, not its input, so the pass keeps less, and its
+    output and the adapters' gradient are the convolutions' own forward's, bit for bit. A
+    convolution whose weight trains (full fine-tuning) takes its own forward and gets its
+    gradient; a deep copy (a kept reference denoiser) computes with its own weights."""
+    import copy
+
+    from torch import nn
+
+    from diffusion_gym.models.convolution import FrozenConv2d
+
+    policy = make_policy(tiny_model)
+    policy.enable_lora(rank=4)
+    unet = policy.denoiser
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        for p in policy.trainable_parameters():
+            p.normal_(0, 0.1)
+    convs = [m for m in unet.modules() if type(m) is nn.Conv2d]
+    assert convs and all("forward" in conv.__dict__ for conv in convs)
+    lean = {conv: conv.__dict__["forward"] for conv in convs}
+    x, t = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(2)), torch.tensor([900, 600, 300, 50])
+    embeds = policy.encode_prompts(["a red fox", "a cat", "a tench", "a dog"])["encoder_hidden_states"]
+
+    def pass_():
+        saved, nodes = {}, []
+
+        def pack(tensor):
+            if not isinstance(tensor, nn.Parameter):
+                saved[tensor.untyped_storage().data_ptr()] = tensor.untyped_storage().nbytes()
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            out = unet(x, t, encoder_hidden_states=embeds).sample
+        stack, seen = [out.grad_fn], set()
+        while stack:
+            node = stack.pop()
+            if node is not None and node not in seen:
+                seen.add(node)
+                nodes.append(type(node).__name__)
+                stack.extend(next_node for next_node, _ in node.next_functions)
+        (out * x).sum().backward()
+        grads = torch.cat([p.grad.flatten() for p in policy.trainable_parameters()])
+        unet.zero_grad(set_to_none=True)
+        return out.detach(), grads, sum(saved.values()), nodes
+
+    out, grads, kept, nodes = pass_()
+    assert nodes.count(FrozenConv2d.__name__ + "Backward") > 0 and "ConvolutionBackward0" not in nodes
+    for conv in convs:
+        del conv.forward
+    own_out, own_grads, own_kept, own_nodes = pass_()
+    assert "ConvolutionBackward0" in own_nodes
+    assert torch.equal(out, own_out) and torch.equal(grads, own_grads)
+    assert kept < 0.9 * own_kept
+
+    for conv, forward in lean.items():
+        conv.forward = forward
+    trained = convs[-1]  # conv_out: full fine-tuning of one convolution
+    trained.weight.requires_grad_(True)
+    unet(x, t, encoder_hidden_states=embeds).sample.square().sum().backward()
+    assert trained.weight.grad is not None and trained.weight.grad.abs().sum() > 0
+    trained.weight.requires_grad_(False)
+
+    twin = copy.deepcopy(trained)
+    assert twin.forward.conv is twin
+    with torch.no_grad():
+        twin.weight.zero_()
+        twin.bias.zero_()
+        assert not twin(torch.randn(1, *trained.weight.shape[1:2], 8, 8)).any()
+
+
 def test_the_first_ratio_is_exactly_one_in_bfloat16_on_the_cpu():
     """Sampled with bfloat16 weights (no gradients) and recomputed as DDPO trains (gradients,
     bfloat16 autocast), both on the explicit attention: the log-probs are the same to the bit,
