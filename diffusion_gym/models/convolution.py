@@ -8,11 +8,13 @@ gradient needs only the weight (a transposed convolution of the output's gradien
 `FrozenConv2d` keeps the weight alone, and computes the same values forward (the same `conv2d`)
 and backward (the same `convolution_backward`, asked for the input's gradient only, as autograd
 asks it when the weight is frozen). `use_lean_frozen_convolutions` gives a denoiser's
-convolutions a forward that takes it wherever nothing else is needed.
+convolutions a forward that takes it wherever nothing else is needed; compiled passes
+(`torch.compile`) trace the module's own forward.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
@@ -23,38 +25,54 @@ from torch.autograd.function import once_differentiable
 
 class FrozenConv2d(torch.autograd.Function):
     """`F.conv2d` with a weight and bias that take no gradient: the backward gives the input's
-    gradient only, from the weight and the input's shape (the input itself is not kept)."""
+    gradient only, from the weight and the input's shape and memory format (the input itself is
+    not kept). Under autocast the weight is cast in the backward as autocast cast it forward."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: tuple, padding: tuple, dilation: tuple, groups: int) -> torch.Tensor:
+        if weight.requires_grad or (bias is not None and bias.requires_grad):
+            raise ValueError("FrozenConv2d is for a frozen convolution: its weight and bias get no gradient. Use F.conv2d for one that trains.")
         ctx.save_for_backward(weight)
-        ctx.shape, ctx.conv = x.shape, (stride, padding, dilation, groups)
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        ctx.input = (x.shape, torch.channels_last if channels_last else torch.contiguous_format)
+        ctx.conv = (stride, padding, dilation, groups)
         return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         (weight,) = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.conv
-        grad_input = torch.nn.grad.conv2d_input(ctx.shape, weight, grad, stride, padding, dilation, groups)
+        (shape, memory_format), (stride, padding, dilation, groups) = ctx.input, ctx.conv
+        # the input's values are not read for its own gradient: an unfilled stand-in of its shape and layout
+        stand_in = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
+        grad_input = torch.ops.aten.convolution_backward(
+            grad, stand_in, weight.to(grad.dtype), None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
+        )[0]
         return grad_input, None, None, None, None, None, None
 
 
 class _LeanForward:
     """A frozen `nn.Conv2d`'s forward: `FrozenConv2d` when a gradient flows through an input
-    and neither weight nor bias trains, else the module's own forward (which also serves
-    `torch.compile`, whose graphs plan their own memory). An object rather than a closure, so
-    that a deep copy of the denoiser gets a forward of its own copy."""
+    and neither weight nor bias trains, else the module's own forward (and always under
+    `torch.compile`). It holds its module weakly (the module holds it), and deep copies and
+    pickles rebuild it around the module's copy."""
 
     def __init__(self, conv: nn.Conv2d):
-        self.conv = conv
+        self._conv = weakref.ref(conv)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        conv = self.conv
-        if (not (x.requires_grad and torch.is_grad_enabled()) or conv.weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad)
+    def __reduce__(self) -> tuple:
+        return (_LeanForward, (self._conv(),))
+
+    @property
+    def conv(self) -> nn.Conv2d:
+        return self._conv()
+
+    def __call__(self, input: torch.Tensor) -> torch.Tensor:
+        conv = self._conv()
+        if (not (input.requires_grad and torch.is_grad_enabled()) or conv.weight.requires_grad or (conv.bias is not None and conv.bias.requires_grad)
                 or torch.compiler.is_compiling()):  # fmt: skip
-            return nn.Conv2d.forward(conv, x)
-        return FrozenConv2d.apply(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            return nn.Conv2d.forward(conv, input)
+        return FrozenConv2d.apply(input, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def use_lean_frozen_convolutions(denoiser: nn.Module) -> int:
