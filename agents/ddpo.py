@@ -33,7 +33,8 @@ from diffusion_gym.samplers import gaussian_kl
 
 # A pass of the automatic `DDPOConfig.steps_per_pass` holds at most this many latent values
 # (train batch × 2 for guidance × C × H × W): 3 steps of 8 samples of 4×8×8 latents; one step
-# of Stable Diffusion's 4×64×64 latents or of the embedded model's 3×32×32, whatever the batch.
+# of Stable Diffusion's 4×64×64 latents whatever the batch, and of the embedded model's 3×32×32
+# from a train batch of 2.
 AUTO_PASS_LATENT_VALUES = 12288
 
 

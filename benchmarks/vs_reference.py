@@ -351,7 +351,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),
         ("sampling passes", "inference mode (`DiffusionPolicy.denoise`)", "torch.no_grad"),
         ("sampler steps a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", "1"),
-        ("frozen convolutions, for the backward", "keep the weight (`FrozenConv2d`)", "keep the input and the weight"),
+        ("frozen convolutions, for the backward", "the compiled graph's" if config.compile else "keep the weight (`FrozenConv2d`)", "keep the input and the weight"),
         ("attention", ours_attention, "SDPA"),
     ]
 
