@@ -18,6 +18,12 @@ import torch
 import diffusers
 
 # The parts of a pipeline folder that are loaded, in model_index.json's names.
+COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler", "vae")
+REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
+DENOISERS = ("unet", "transformer")
+"""One of these is required too: the network that denoises."""
+
+
 def _keep_in_float32(module: torch.nn.Module) -> None:
     """Put back in float32 the layers a transformers model keeps there (`_keep_in_fp32_modules`)."""
     names = getattr(module, "_keep_in_fp32_modules", None) or []
@@ -26,10 +32,11 @@ def _keep_in_float32(module: torch.nn.Module) -> None:
             sub.to(torch.float32)
 
 
-COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler", "vae")
-REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
-DENOISERS = ("unet", "transformer")
-"""One of these is required too: the network that denoises."""
+def _first_parameter(module: torch.nn.Module) -> torch.nn.Parameter:
+    """A network's first parameter, whose device and dtype stand for the network's: diffusers'
+    `ModelMixin.device` and `.dtype` walk every module for them (thousands in a LoRA UNet,
+    milliseconds a read), and they are read for every batch encoded or decoded."""
+    return next(module.parameters())
 
 
 @dataclass
@@ -110,11 +117,11 @@ class DiffusionModel:
 
     @property
     def device(self) -> torch.device:
-        return self.denoiser.device
+        return _first_parameter(self.denoiser).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.denoiser.dtype
+        return _first_parameter(self.denoiser).dtype
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -171,7 +178,8 @@ class DiffusionModel:
             shift = getattr(config, "shift_factor", None)  # SD3's and FLUX's VAEs are shifted too
             if shift is not None:
                 latents = latents + shift
-            images = self.vae.decode(latents.to(device=self.vae.device, dtype=self.vae.dtype)).sample
+            weight = _first_parameter(self.vae)
+            images = self.vae.decode(latents.to(device=weight.device, dtype=weight.dtype)).sample
         images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
