@@ -21,7 +21,6 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
 import torch
 
 from agents.distributed import average_gradients, gather_prompts_and_rewards
@@ -32,9 +31,10 @@ from diffusion_gym.samplers import gaussian_kl
 
 
 # A pass of the automatic `DDPOConfig.steps_per_pass` holds at most this many latent values
-# (train batch × 2 for guidance × C × H × W): 3 steps of 8 samples of 4×8×8 latents; one step
-# of Stable Diffusion's 4×64×64 latents whatever the batch, and of the embedded model's 3×32×32
-# from a train batch of 2.
+# ((sample, step) pairs × 2 for guidance × C × H × W), and never less than one step of the
+# minibatch: 24 pairs of 4×8×8 latents (the 80 pairs of 8 samples × 10 steps go as 4 passes of
+# 20); one step a pass for Stable Diffusion's 4×64×64 latents whatever the batch, and for the
+# embedded model's 3×32×32 from a train batch of 2.
 AUTO_PASS_LATENT_VALUES = 12288
 
 
@@ -81,13 +81,15 @@ class DDPOConfig:
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast for the training forward pass ("fp16" on CUDA only)."""
     steps_per_pass: int | None = None
-    """How many of a minibatch's sampler steps share one denoiser pass (forward and backward).
-    The update does not depend on it (each step's loss is computed as in a pass of its own; float
-    rounding aside): it trades memory (activations of k steps at once) for fewer, larger passes.
-    None: in float32 training, as many as keep a pass within `AUTO_PASS_LATENT_VALUES` latent
-    values, so only small latents, whose passes cost mostly per-operation overhead, group steps;
-    under mixed precision one a pass (autocast keeps half-precision copies of the activations it
-    casts, so a grouped pass costs more memory there)."""
+    """How many sampler steps of a minibatch a denoiser pass (forward and backward) may hold: a
+    minibatch's (sample, step) pairs go through the fewest passes of at most steps_per_pass ×
+    train_batch_size pairs, split as evenly as they go (`DDPO.pass_sizes`). The update does not
+    depend on it (each pair's loss is computed as in a pass of its own; float rounding aside): it
+    trades memory (activations of more pairs at once) for fewer, larger passes. None: in float32
+    training, as many pairs as keep a pass within `AUTO_PASS_LATENT_VALUES` latent values and
+    at least one step, so only small latents, whose passes cost mostly per-operation overhead,
+    group steps; under mixed precision one step a pass (autocast keeps half-precision copies of
+    the activations it casts, so a grouped pass costs more memory there)."""
 
     def check(self, prefix: str = "") -> None:
         """Raise ValueError for a setting out of range, named with `prefix` ("ddpo." inside a
@@ -140,7 +142,9 @@ def grpo_config(group_size: int, **changes) -> DDPOConfig:
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, estimator: str, clip_range: float) -> tuple[torch.Tensor, dict]:
-    """The per-step DDPO surrogate (to minimise), averaged over the batch, and its diagnostics.
+    """The per-step DDPO surrogate (to minimise), averaged over the batch, and its diagnostics
+    (approx_kl, clipfrac) as 0-d tensors on the batch's device: reading them (`.item()`) waits
+    for the device, so the update reads them once, after its last pass.
 
     Args:
         log_prob: (B,) log π_θ(a | s), differentiable.
@@ -158,8 +162,8 @@ def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: to
     with torch.no_grad():
         true_ratio = torch.exp(log_prob - old_log_prob)
         info = {
-            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean().item(),
-            "clipfrac": ((true_ratio - 1).abs() > clip_range).float().mean().item(),
+            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
+            "clipfrac": ((true_ratio - 1).abs() > clip_range).float().mean(),
         }
     return loss, info
 
@@ -208,43 +212,40 @@ class DDPO:
             if config.mixed_precision != "no"
             else nullcontext()
         )
-        stats: dict[str, list[float]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl": [], "grad_norm": []}
+        # per pass: each diagnostic's sum over the pass's pairs (0-d tensors, read at the end)
+        sums: dict[str, list[torch.Tensor]] = {"loss": [], "approx_kl": [], "clipfrac": [], "kl": []}
+        pairs, grad_norms = 0, []
         dims = batch.samples[0, 0].numel() if config.log_prob_reduce == "mean" else 1  # the policy's log-probs are sums
 
-        per_pass = self.steps_per_pass(batch, steps_trained)
         for _ in range(inner_epochs):
             order = torch.randperm(num_samples, generator=self.generator)
             steps_of = self._draw_steps(valid, steps_trained)  # each sample trains on its own random subset of steps, in random order
             for m in range(minibatches_per_epoch):
                 index = order[m * config.train_batch_size : (m + 1) * config.train_batch_size]
-                for first in range(0, steps_trained, per_pass):
-                    # steps first, ..., first + k − 1 of each sample in one pass, step-major: (k × b,)
-                    steps = steps_of[index, first : first + per_pass].T
-                    k, b = steps.shape
-                    rows, steps = index.repeat(k), steps.reshape(-1)
+                # the minibatch's (sample, step) pairs, step-major, split into passes
+                all_rows, all_steps = index.repeat(steps_trained), steps_of[index].T.reshape(-1)
+                sizes = self.pass_sizes(len(index), steps_trained, batch.samples[0, 0].numel())
+                for rows, steps in zip(all_rows.split(sizes), all_steps.split(sizes)):
                     obs, action = batch.observation(rows, steps), batch.action(rows, steps)
                     with autocast:
                         out = policy(obs, action=action)
-                    log_probs, old_log_probs = (out.log_prob / dims).view(k, b), (batch.log_probs[rows, steps] / dims).view(k, b)
+                    # each pair's loss as if it had a pass of its own: the surrogate is a mean over pairs
+                    loss, info = ddpo_loss(out.log_prob / dims, batch.log_probs[rows, steps] / dims, advantages[rows], config.estimator, config.clip_range)
                     if config.kl_coef > 0:
                         with torch.no_grad(), policy.reference(), autocast:
                             reference_mean = policy(obs, action=action).mean
-                        kls = gaussian_kl(out.mean, reference_mean, out.std, reduce=config.log_prob_reduce).view(k, b).mean(dim=1)
-                    total = 0.0
-                    for i in range(k):  # each step's loss as if it had a pass of its own
-                        loss, info = ddpo_loss(log_probs[i], old_log_probs[i], advantages[index], config.estimator, config.clip_range)
-                        if config.kl_coef > 0:
-                            loss = loss + config.kl_coef * kls[i]
-                            stats["kl"].append(kls[i].item())
-                        stats["loss"].append(loss.item())
-                        stats["approx_kl"].append(info["approx_kl"])
-                        stats["clipfrac"].append(info["clipfrac"])
-                        total = total + loss
-                    scaled = total * len(index) / (steps_trained * config.train_batch_size * accumulate)
+                        kl = gaussian_kl(out.mean, reference_mean, out.std, reduce=config.log_prob_reduce).mean()
+                        loss = loss + config.kl_coef * kl
+                        sums["kl"].append(kl.detach() * len(rows))
+                    for key, value in (("loss", loss.detach()), ("approx_kl", info["approx_kl"]), ("clipfrac", info["clipfrac"])):
+                        sums[key].append(value * len(rows))
+                    pairs += len(rows)
+                    scaled = loss * len(rows) / (steps_trained * config.train_batch_size * accumulate)
                     (self.scaler.scale(scaled) if self.scaler else scaled).backward()
                 if (m + 1) % accumulate == 0 or m == minibatches_per_epoch - 1:
-                    stats["grad_norm"].append(self._step())
-        means = {key: float(np.mean(values)) for key, values in stats.items() if values}
+                    grad_norms.append(self._step())
+        means = {key: (torch.stack(values).sum() / pairs).item() for key, values in sums.items() if values}
+        means["grad_norm"] = torch.stack(grad_norms).mean().item()
         spread = within_prompt_std(batch.prompts, batch.rewards.cpu().numpy())
         return {"advantage_abs": advantages.abs().mean().item(), "reward_std_within_prompt": spread, **means}
 
@@ -267,15 +268,26 @@ class DDPO:
             )
         return max(1, round(fewest * self.config.timestep_fraction))
 
-    def steps_per_pass(self, batch: Trajectories, steps_trained: int) -> int:
-        """The sampler steps of a minibatch that share a denoiser pass: `steps_per_pass`, or with
-        None (float32 training) as many as keep a pass (train batch × 2 for guidance × one latent)
-        within `AUTO_PASS_LATENT_VALUES`; at least 1, at most the steps trained."""
-        per_pass = self.config.steps_per_pass
-        if per_pass is None:
-            latents = 2 * self.config.train_batch_size * batch.samples[0, 0].numel()
-            per_pass = AUTO_PASS_LATENT_VALUES // latents if self.config.mixed_precision == "no" else 1
-        return min(max(1, per_pass), steps_trained)
+    def pairs_per_pass(self, latent_values: int) -> int:
+        """The most (sample, step) pairs a denoiser pass holds, for latents of `latent_values`
+        values: `steps_per_pass` × train batch, or with None (float32 training) as many as keep a
+        pass (pairs × 2 for guidance × one latent) within `AUTO_PASS_LATENT_VALUES`, and at least
+        one step of the train batch (one step under mixed precision)."""
+        config = self.config
+        if config.steps_per_pass is not None:
+            return config.steps_per_pass * config.train_batch_size
+        if config.mixed_precision != "no":
+            return config.train_batch_size
+        return max(config.train_batch_size, AUTO_PASS_LATENT_VALUES // (2 * latent_values))
+
+    def pass_sizes(self, samples: int, steps_trained: int, latent_values: int) -> list[int]:
+        """How many (sample, step) pairs each denoiser pass of a minibatch of `samples` samples ×
+        `steps_trained` steps holds, for latents of `latent_values` values: the fewest passes of
+        at most `pairs_per_pass`, as even as they go (80 pairs at most 24 a pass: 20, 20, 20, 20):
+        no more passes than whole steps would take, and a largest pass no larger."""
+        pairs = samples * steps_trained
+        passes = -(-pairs // self.pairs_per_pass(latent_values))
+        return [pairs // passes + (1 if i < pairs % passes else 0) for i in range(passes)]
 
     def _draw_steps(self, valid: torch.Tensor, steps_trained: int) -> torch.Tensor:
         """Each sample's steps to train on in one pass, (B, steps_trained) indices in random order."""
@@ -285,8 +297,8 @@ class DDPO:
         # windows drawn per batch of episodes: random priorities, the valid steps first
         return torch.where(valid, torch.rand(valid.shape, generator=self.generator), 2.0).argsort(dim=1)[:, :steps_trained]
 
-    def _step(self) -> float:
-        """Average gradients over processes, clip, step, zero; returns the pre-clip gradient norm."""
+    def _step(self) -> torch.Tensor:
+        """Average gradients over processes, clip, step, zero; returns the pre-clip gradient norm (0-d)."""
         average_gradients(self.parameters)
         if self.scaler:
             self.scaler.unscale_(self.optimizer)
@@ -297,7 +309,7 @@ class DDPO:
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm.detach()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "normalizer": self.normalizer.state_dict(), "generator": self.generator.get_state()}

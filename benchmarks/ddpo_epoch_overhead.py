@@ -53,13 +53,14 @@ class EpochOverheadConfig:
     """Channels-last UNet weights (`DiffusionPolicy.optimize`)."""
 
 
-def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_per_pass: int) -> tuple[float, float]:
+def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, pass_pairs: list[int]) -> tuple[float, float]:
     """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training,
-    `steps_per_pass` sampler steps a pass), alone, on merged LoRA weights as the policy runs them."""
+    `pass_pairs` (sample, step) pairs in each pass of a minibatch, as the agent splits it), alone,
+    on merged LoRA weights as the policy runs them."""
     unet, steps = policy.denoiser, config.num_inference_steps
     cfg = 2 if config.guidance_scale != 1.0 else 1
     channels, size = unet.config.in_channels, unet.config.sample_size
-    rows = max(config.num_envs, config.train_batch_size * steps_per_pass) * cfg
+    rows = max(config.num_envs, *pass_pairs) * cfg
     embeds = policy.encode_prompts(["a large red circle on a flat background"] * rows)["encoder_hidden_states"]
     t = torch.full((rows,), 500, device=policy.device)
     x = torch.randn(rows, channels, size, size, device=policy.device)
@@ -71,7 +72,7 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, steps_
     sampling = time.perf_counter() - start
 
     minibatches = config.num_envs * config.batches_per_epoch // config.train_batch_size
-    passes = [min(steps_per_pass, steps - first) * config.train_batch_size * cfg for first in range(0, steps, steps_per_pass)]
+    passes = [pairs * cfg for pairs in pass_pairs]
     start = time.perf_counter()
     for _ in range(minibatches):
         for n in passes:
@@ -101,13 +102,13 @@ def main(config: EpochOverheadConfig) -> dict:
         return time.perf_counter() - start
 
     agent.update(batch := rollout(envs, policy, config.batches_per_epoch))  # warm-up round
-    steps_per_pass = agent.steps_per_pass(batch, config.num_inference_steps)
-    isolated_passes(policy, config, steps_per_pass)
+    pass_pairs = agent.pass_sizes(config.train_batch_size, config.num_inference_steps, batch.samples[0, 0].numel())
+    isolated_passes(policy, config, pass_pairs)
     epochs, isolated = [], []
     for i in range(config.repeats):
         if i % 2 == 0:
             epochs.append(epoch())
-        isolated.append(sum(isolated_passes(policy, config, steps_per_pass)))
+        isolated.append(sum(isolated_passes(policy, config, pass_pairs)))
         if i % 2 == 1:
             epochs.append(epoch())
     ratios = [e / s for e, s in zip(epochs, isolated)]

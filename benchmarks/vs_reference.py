@@ -66,7 +66,7 @@ class VsReferenceConfig:
     channels_last: bool = False
     """Ours: channels-last UNet weights (`DiffusionPolicy.optimize`)."""
     steps_per_pass: int | None = None
-    """Ours: sampler steps a training pass takes (`DDPOConfig.steps_per_pass`; None: automatic)."""
+    """Ours: the most sampler steps of a minibatch a training pass holds (`DDPOConfig.steps_per_pass`; None: automatic)."""
     unet_baseline: bool = True
     """Also time the epoch's UNet passes alone (epoch ÷ UNet); costs about an epoch."""
     trl_path: Path = ROOT / "benchmarks" / ".trl"
@@ -181,22 +181,23 @@ def _jpeg_rewards(images_uint8):
     return -jpeg_size_kb(images_uint8)
 
 
-def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, steps_per_pass: int = 1, inference_mode: bool = False) -> float:
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, pass_pairs: list[int] | None = None, inference_mode: bool = False) -> float:
     """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
-    forward/backward passes (2 × train batch rows a sampler step, `steps_per_pass` steps a pass,
-    as the side trains), on inputs of the same shapes; within `merged()` (ours: `merged_lora`, as
-    our passes run), the sampling forwards in inference mode with `inference_mode` (ours)."""
+    forward/backward passes (2 rows a (sample, step) pair, `pass_pairs` pairs in each pass of a
+    minibatch, as the side trains; None: one sampler step of the train batch a pass, as trl), on
+    inputs of the same shapes; within `merged()` (ours: `merged_lora`, as our passes run), the
+    sampling forwards in inference mode with `inference_mode` (ours)."""
     import torch
 
     channels, size = unet.config.in_channels, unet.config.sample_size
     parameter = next(unet.parameters())
-    b, n = 2 * config.sample_batch_size, 2 * config.train_batch_size
-    rows = max(b, n * steps_per_pass)
+    b = 2 * config.sample_batch_size
+    steps = config.num_inference_steps
+    passes = [2 * pairs for pairs in (pass_pairs or [config.train_batch_size] * steps)]
+    rows = max(b, *passes)
     x = torch.randn(rows, channels, size, size, dtype=parameter.dtype, device=parameter.device)
     t = torch.full((rows,), 500, device=parameter.device)
     embeds = embeds[:1].to(parameter.device, parameter.dtype).repeat(rows, 1, 1)  # a real batch's layout, not a broadcast view
-    steps = config.num_inference_steps
-    passes = [min(steps_per_pass, steps - first) * n for first in range(0, steps, steps_per_pass)]
     start = time.perf_counter()
     with torch.no_grad(), autocast(), merged(), torch.inference_mode(inference_mode):
         for _ in range(config.batches_per_epoch * steps):
@@ -246,12 +247,12 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    steps_per_pass = agent.steps_per_pass(batch, agent._steps_trained(agent.trainable_steps(batch)))
+    pass_pairs = agent.pass_sizes(config.train_batch_size, agent._steps_trained(agent.trainable_steps(batch)), batch.samples[0, 0].numel())
     unet = None
     if config.unet_baseline:
         with turn():
-            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, steps_per_pass, inference_mode=True)
-    return {"startup_s": startup, **phases.result(), "unet_s": unet, "steps_per_pass": steps_per_pass}
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, pass_pairs, inference_mode=True)
+    return {"startup_s": startup, **phases.result(), "unet_s": unet, "pass_pairs": pass_pairs}
 
 
 def run_trl(config: VsReferenceConfig, start: float) -> dict:
@@ -350,7 +351,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("UNet passes", ours_unet, "eager"),
         ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),
         ("sampling passes", "inference mode (`DiffusionPolicy.denoise`)", "torch.no_grad"),
-        ("sampler steps a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", "1"),
+        ("(sample, step) pairs a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", f"one step's: {config.train_batch_size}"),
         ("frozen convolutions, for the backward", "the compiled graph's" if config.compile else "keep the weight (`FrozenConv2d`)", "keep the input and the weight"),
         ("attention", ours_attention, "SDPA"),
     ]
@@ -440,7 +441,7 @@ def compare(config: VsReferenceConfig) -> dict:
         "ratio_all_epochs": _summary([rate(o, False) / rate(t, False) for o, t in pairs]),
         "ratio_after_first_epoch": _summary([rate(o, True) / rate(t, True) for o, t in pairs]),
         "ratio_per_epoch": _summary([t / o for ours, trl in pairs for o, t in zip(ours["epoch_s"], trl["epoch_s"])]),
-        "ours_steps_per_pass": results["ours"][0]["steps_per_pass"],
+        "ours_pass_pairs": results["ours"][0]["pass_pairs"],
         **{f"{side}_{key}": _summary([r[key] for r in rs]) for side, rs in results.items() for key in ("startup_s", "epoch_over_unet", "peak_rss_mib") if rs[0][key] is not None},
         **{f"{side}_samples_per_s": _summary([rate(r, False) for r in rs]) for side, rs in results.items()},
         **{f"{side}_{phase}_images_per_s": _summary([statistics.median(r[f"{phase}_images_per_s"]) for r in rs]) for side, rs in results.items() for phase in ("sampling", "training")},
@@ -453,7 +454,7 @@ def compare(config: VsReferenceConfig) -> dict:
     e = summary["ratio_per_epoch"]
     print(f"{config.model} {config.mode}{''.join(' + ' + name.replace('_', '-') for name in _levers(config))}: samples/s ours ÷ trl {r['median']:.3f} (min {r['min']:.3f}, max {r['max']:.3f}) over {config.runs} runs; "
           f"after the first epoch {summary['ratio_after_first_epoch']['median']:.3f}; epoch by epoch {e['median']:.3f} (min {e['min']:.3f}, max {e['max']:.3f}){overhead}; {phases}; "
-          f"ours with {summary['ours_steps_per_pass']} sampler steps a training pass; "
+          f"ours with training passes of {', '.join(map(str, summary['ours_pass_pairs']))} (sample, step) pairs a minibatch; "
           f"peak RSS ours {summary['ours_peak_rss_mib']['median']:.0f} MiB, trl {summary['trl_peak_rss_mib']['median']:.0f} MiB")  # fmt: skip
     if "ours_gpu_peak_sampling_mib" in summary:
         print("GPU peak MiB, sampling / training: " + ", ".join(f"{side} {summary[f'{side}_gpu_peak_sampling_mib']['median']:.0f} / {summary[f'{side}_gpu_peak_training_mib']['median']:.0f}" for side in ("ours", "trl")))

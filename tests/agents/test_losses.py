@@ -62,6 +62,29 @@ def test_mean_log_probs_divide_the_log_ratio_by_the_dimensions():
     assert metrics["sum"]["approx_kl"] == pytest.approx(0.5 * 2.56**2, rel=1e-2)
 
 
+def test_a_minibatch_splits_into_the_fewest_even_passes_within_the_limit(tiny_model):
+    """`DDPO.pass_sizes`: a minibatch's (sample, step) pairs go through the fewest passes of at
+    most `pairs_per_pass`, split as evenly as they go; automatic in float32 by latent size (at
+    least one step of the batch a pass), one step a pass under mixed precision."""
+    policy = DiffusionPolicy(tiny_model, tiny_model.scheduler, 4)
+    policy.enable_lora(rank=2, seed=0)
+
+    def sizes(samples=8, steps=10, latent_values=4 * 8 * 8, **config):
+        return DDPO(policy, DDPOConfig(train_batch_size=8, **config)).pass_sizes(samples, steps, latent_values)
+
+    assert sizes() == [20, 20, 20, 20]  # at most 12288 // (2 × 256) = 24 pairs: 4 passes, not 24, 24, 24, 8
+    assert sizes(steps_per_pass=1) == [8] * 10  # one whole step a pass
+    assert sizes(steps_per_pass=3) == [20, 20, 20, 20] and sizes(steps_per_pass=4) == [27, 27, 26]
+    assert sizes(steps_per_pass=10) == [80] and sizes(steps_per_pass=50) == [80]
+    assert sizes(samples=5, steps=3, steps_per_pass=1) == [8, 7]  # a last, smaller minibatch: 15 pairs
+    assert sizes(latent_values=4 * 64 * 64) == [8] * 10  # Stable Diffusion's latents: one step a pass
+    assert sizes(mixed_precision="bf16") == [8] * 10
+    for samples, steps, limit in ((8, 10, 3), (7, 9, 2), (1, 1, 1), (16, 25, 4)):
+        split = sizes(samples, steps, steps_per_pass=limit)
+        assert sum(split) == samples * steps and max(split) - min(split) <= 1 and max(split) <= 8 * limit
+        assert len(split) == -(-samples * steps // (8 * limit))
+
+
 def test_is_loss_equals_sf_loss_and_gradient_at_ratio_one():
     advantages = torch.tensor([1.5, -0.5, 2.0, -3.0])
     theta_sf = torch.tensor([0.3, -1.0, 0.7, 0.1], requires_grad=True)
