@@ -142,9 +142,9 @@ def grpo_config(group_size: int, **changes) -> DDPOConfig:
 
 
 def ddpo_loss(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, estimator: str, clip_range: float) -> tuple[torch.Tensor, dict]:
-    """The per-step DDPO surrogate (to minimise), averaged over the batch, and its diagnostics
-    (approx_kl, clipfrac) as 0-d tensors on the batch's device: reading them (`.item()`) waits
-    for the device, so the update reads them once, after its last pass.
+    """The DDPO surrogate (to minimise), averaged over a batch of (state, action) pairs, and its
+    diagnostics (approx_kl, clipfrac) as 0-d tensors on the batch's device: reading them
+    (`.item()`) waits for the device, so the update reads them once, after its last pass.
 
     Args:
         log_prob: (B,) log π_θ(a | s), differentiable.

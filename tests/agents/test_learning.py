@@ -221,8 +221,9 @@ def test_an_update_does_not_depend_on_the_minibatch_size(kind):
 def test_an_update_does_not_depend_on_the_steps_per_pass(kind):
     """One DDPO-IS epoch (on the flow model GRPO's, with its KL term, on half the steps) with one
     sampler step a denoiser pass, or 2, 3 (which does not divide the steps trained) or all of
-    them a pass: the same gradient reaches the optimizer and the same diagnostics come back (to
-    float rounding), since each step's loss is computed as if it had a pass of its own."""
+    them a pass (a minibatch's (sample, step) pairs split evenly over the passes): the same
+    gradient reaches the optimizer and the same diagnostics come back (to float rounding), since
+    each pair's loss is computed as if it had a pass of its own."""
     batch, update = one_batch_and_its_updates(kind)
     fraction = {} if kind == "ddim" else {"timestep_fraction": 0.5}
     one, metrics = update(train_batch_size=4, steps_per_pass=1, **fraction)
