@@ -87,9 +87,10 @@ class DDPOConfig:
     depend on it (each pair's loss is computed as in a pass of its own; float rounding aside): it
     trades memory (activations of more pairs at once) for fewer, larger passes. None: in float32
     training, as many pairs as keep a pass within `AUTO_PASS_LATENT_VALUES` latent values and
-    at least one step, so only small latents, whose passes cost mostly per-operation overhead,
-    group steps; under mixed precision one step a pass (autocast keeps half-precision copies of
-    the activations it casts, so a grouped pass costs more memory there)."""
+    at least a step's worth (train_batch_size pairs), so only small latents, whose passes cost
+    mostly per-operation overhead, group steps; under mixed precision a step's worth a pass
+    (autocast keeps half-precision copies of the activations it casts, so a grouped pass costs
+    more memory there)."""
 
     def check(self, prefix: str = "") -> None:
         """Raise ValueError for a setting out of range, named with `prefix` ("ddpo." inside a
@@ -272,7 +273,7 @@ class DDPO:
         """The most (sample, step) pairs a denoiser pass holds, for latents of `latent_values`
         values: `steps_per_pass` × train batch, or with None (float32 training) as many as keep a
         pass (pairs × 2 for guidance × one latent) within `AUTO_PASS_LATENT_VALUES`, and at least
-        one step of the train batch (one step under mixed precision)."""
+        a step's worth, train batch pairs (just that under mixed precision)."""
         config = self.config
         if config.steps_per_pass is not None:
             return config.steps_per_pass * config.train_batch_size
@@ -283,8 +284,8 @@ class DDPO:
     def pass_sizes(self, samples: int, steps_trained: int, latent_values: int) -> list[int]:
         """How many (sample, step) pairs each denoiser pass of a minibatch of `samples` samples ×
         `steps_trained` steps holds, for latents of `latent_values` values: the fewest passes of
-        at most `pairs_per_pass`, as even as they go (80 pairs at most 24 a pass: 20, 20, 20, 20):
-        no more passes than whole steps would take, and a largest pass no larger."""
+        at most `pairs_per_pass`, as even as they go (80 pairs at most 24 a pass: 20, 20, 20, 20,
+        where whole steps within the same limit would take 24, 24, 24, 8)."""
         pairs = samples * steps_trained
         passes = -(-pairs // self.pairs_per_pass(latent_values))
         return [pairs // passes + (1 if i < pairs % passes else 0) for i in range(passes)]

@@ -1,6 +1,6 @@
 """Time one DDPO epoch (collect through the env + update) against the same UNet work run in
 isolation: the sampling forward passes and the training forward/backward passes (on merged LoRA
-weights, as the policy runs them; as many sampler steps a pass as the agent puts in one), on
+weights, as the policy runs them; as many (sample, step) pairs a pass as the agent puts in one), on
 tensors of the same shapes with nothing around them. Each round times one epoch and its isolated
 passes back to back (which goes first alternating), so both see the same state of a shared
 machine; prints the median of the rounds' ratios epoch / isolated (target <= 1.03).
@@ -102,7 +102,7 @@ def main(config: EpochOverheadConfig) -> dict:
         return time.perf_counter() - start
 
     agent.update(batch := rollout(envs, policy, config.batches_per_epoch))  # warm-up round
-    pass_pairs = agent.pass_sizes(config.train_batch_size, config.num_inference_steps, batch.samples[0, 0].numel())
+    pass_pairs = agent.pass_sizes(config.train_batch_size, agent._steps_trained(agent.trainable_steps(batch)), batch.samples[0, 0].numel())
     isolated_passes(policy, config, pass_pairs)
     epochs, isolated = [], []
     for i in range(config.repeats):
