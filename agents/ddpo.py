@@ -290,6 +290,11 @@ class DDPO:
         passes = -(-pairs // self.pairs_per_pass(latent_values))
         return [pairs // passes + (1 if i < pairs % passes else 0) for i in range(passes)]
 
+    def minibatch_pass_sizes(self, batch: Trajectories) -> list[int]:
+        """`pass_sizes` of a full minibatch of `batch`, as `update` runs it (for benchmarks that
+        replay its denoiser passes)."""
+        return self.pass_sizes(self.config.train_batch_size, self._steps_trained(self.trainable_steps(batch)), batch.samples[0, 0].numel())
+
     def _draw_steps(self, valid: torch.Tensor, steps_trained: int) -> torch.Tensor:
         """Each sample's steps to train on in one pass, (B, steps_trained) indices in random order."""
         if bool((valid == valid[:1]).all()):  # every episode has the same steps (a fixed schedule and window)

@@ -102,7 +102,7 @@ def main(config: EpochOverheadConfig) -> dict:
         return time.perf_counter() - start
 
     agent.update(batch := rollout(envs, policy, config.batches_per_epoch))  # warm-up round
-    pass_pairs = agent.pass_sizes(config.train_batch_size, agent._steps_trained(agent.trainable_steps(batch)), batch.samples[0, 0].numel())
+    pass_pairs = agent.minibatch_pass_sizes(batch)
     isolated_passes(policy, config, pass_pairs)
     epochs, isolated = [], []
     for i in range(config.repeats):

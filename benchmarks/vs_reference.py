@@ -247,7 +247,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
             with phases("training"):
                 agent.update(batch)
     autocast = (lambda: torch.autocast(policy.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
-    pass_pairs = agent.pass_sizes(config.train_batch_size, agent._steps_trained(agent.trainable_steps(batch)), batch.samples[0, 0].numel())
+    pass_pairs = agent.minibatch_pass_sizes(batch)
     unet = None
     if config.unet_baseline:
         with turn():

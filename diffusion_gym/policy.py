@@ -26,6 +26,7 @@ from torch import nn
 
 from diffusion_gym.finetuning import FineTuning
 from diffusion_gym.models import DiffusionModel
+from diffusion_gym.models.pipeline import first_parameter
 from diffusion_gym.models.attention import use_fastest_attention
 from diffusion_gym.models.convolution import use_lean_frozen_convolutions
 from diffusion_gym.models.families import Conditioning
@@ -195,13 +196,11 @@ class DiffusionPolicy(FineTuning, nn.Module):
 
     @property
     def device(self) -> torch.device:
-        # one parameter's, not `denoiser.device`: diffusers walks every module for that (a LoRA
-        # denoiser has thousands), and this is read several times a step
-        return next(self.denoiser.parameters()).device
+        return first_parameter(self.denoiser).device  # not `denoiser.device` (`first_parameter` says why)
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
+        return first_parameter(self.denoiser).dtype
 
     def optimize(self, compile: bool = False, channels_last: bool = False, compile_backend: str = "inductor") -> None:
         """How the denoiser's passes run, not what they compute (results change by float rounding only).

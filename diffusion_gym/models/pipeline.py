@@ -32,10 +32,11 @@ def _keep_in_float32(module: torch.nn.Module) -> None:
             sub.to(torch.float32)
 
 
-def _first_parameter(module: torch.nn.Module) -> torch.nn.Parameter:
+def first_parameter(module: torch.nn.Module) -> torch.nn.Parameter:
     """A network's first parameter, whose device and dtype stand for the network's: diffusers'
     `ModelMixin.device` and `.dtype` walk every module for them (thousands in a LoRA UNet,
-    milliseconds a read), and they are read for every batch encoded or decoded."""
+    milliseconds a read), and they are read for every batch encoded or decoded and, by the
+    policy, several times a denoising step."""
     return next(module.parameters())
 
 
@@ -117,11 +118,11 @@ class DiffusionModel:
 
     @property
     def device(self) -> torch.device:
-        return _first_parameter(self.denoiser).device
+        return first_parameter(self.denoiser).device
 
     @property
     def dtype(self) -> torch.dtype:
-        return _first_parameter(self.denoiser).dtype
+        return first_parameter(self.denoiser).dtype
 
     @property
     def sample_shape(self) -> tuple[int, int, int]:
@@ -178,7 +179,7 @@ class DiffusionModel:
             shift = getattr(config, "shift_factor", None)  # SD3's and FLUX's VAEs are shifted too
             if shift is not None:
                 latents = latents + shift
-            weight = _first_parameter(self.vae)
+            weight = first_parameter(self.vae)
             images = self.vae.decode(latents.to(device=weight.device, dtype=weight.dtype)).sample
         images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
