@@ -4,9 +4,11 @@ CPU's kernels round differently), 0.01 kB for JPEG rewards (a pixel that rounds 
 changes a file by a few bytes), 0.002 for the bench's evaluation rewards (means of JPEG sizes
 after training runs; the table prints 4 decimals) and two of its 128 attributes for their
 faithfulness (a pixel rounded the other way can flip what the captioner reads), and for an
-update's summed parameter change 1e-3 of the change's norm (a sum of signed terms: its rounding
-is the terms', not its own). A refactor must keep them; a change meant to alter behaviour
-rewrites them and says so."""
+update's summed parameter change half its largest entry (Adam's first step moves a parameter by
+up to the learning rate whatever the size of its gradient, so the few whose gradients are within
+rounding of zero move by other fractions of a step on another CPU; half a step is still less
+than one parameter stepping the other way, which moves the sum by two). A refactor must keep
+them; a change meant to alter behaviour rewrites them and says so."""
 
 import json
 
@@ -36,7 +38,7 @@ def assert_close(actual, expected, where: str, rtol: float = 1e-4, atol: float =
     elif where.endswith(".parameter_change"):  # [norm, sum, max |change|]
         norm, total, peak = (float(v) for v in expected)
         np.testing.assert_allclose([actual[0], actual[2]], [norm, peak], rtol=rtol, atol=atol, err_msg=where)
-        assert abs(actual[1] - total) <= 1e-3 * norm, f"{where}: summed change {actual[1]} != {total}"
+        assert abs(actual[1] - total) <= 0.5 * peak, f"{where}: summed change {actual[1]} != {total}"
     elif where.endswith(".rewards"):  # JPEG kB
         np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), np.asarray(expected, dtype=np.float64), rtol=0, atol=0.01, err_msg=where)
     else:
