@@ -55,8 +55,8 @@ class DDIMSampler:
         self.scheduler = ddim_scheduler(scheduler, num_inference_steps)
         self.eta = float(eta)
         self.num_inference_steps = int(num_inference_steps)
-        # (alphas_cumprod, final_alpha_cumprod) as float32, per device: moved once, not every step
-        self._schedule: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+        # per device, the step's scalars at every training timestep (`_coefficients`): made once, not every step
+        self._tables: dict[torch.device, torch.Tensor] = {}
         last_std = self.std(self.timesteps[-1:])
         if not bool((last_std > 0).all()):
             raise ValueError(
@@ -78,24 +78,32 @@ class DDIMSampler:
         """The timestep the step from `timestep` lands on (negative after the last step)."""
         return timestep - self.num_train_timesteps // self.num_inference_steps
 
-    def _alphas(self, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """ᾱ_t and ᾱ_prev for a (B,) batch of timesteps, as (B,) float32 on the timestep's device."""
-        if timestep.device not in self._schedule:
-            self._schedule[timestep.device] = (
-                self.scheduler.alphas_cumprod.to(timestep.device, torch.float32),
-                torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32, device=timestep.device),
-            )
-        alphas_cumprod, final_alpha_cumprod = self._schedule[timestep.device]
-        prev = self.previous_timestep(timestep)
-        alpha_prod_t = alphas_cumprod[timestep]
-        alpha_prod_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final_alpha_cumprod)
-        return alpha_prod_t, alpha_prod_prev
+    def _coefficients(self, timestep: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The step's scalars at a (B,) batch of model timesteps, each (B,) float32 on the
+        timestep's device: √ᾱ_t, √(1 − ᾱ_t), √ᾱ_prev, σ_t (eq. 16) and √(1 − ᾱ_prev − σ_t²), the
+        scale of ε̂ in the mean (eq. 12). They depend on the schedule only, so they are computed
+        once for every training timestep (the same float32 operations, value for value, as on a
+        batch) and a step gathers its rows instead of repeating some twenty operations."""
+        table = self._tables.get(timestep.device)
+        if table is None:
+            t = torch.arange(self.num_train_timesteps, device=timestep.device)
+            alphas_cumprod = self.scheduler.alphas_cumprod.to(t.device, torch.float32)
+            final_alpha_cumprod = torch.as_tensor(self.scheduler.final_alpha_cumprod, dtype=torch.float32, device=t.device)
+            prev = self.previous_timestep(t)
+            alpha_prod_t = alphas_cumprod[t]
+            alpha_prod_prev = torch.where(prev >= 0, alphas_cumprod[prev.clamp(min=0)], final_alpha_cumprod)
+            beta_prod_t = 1 - alpha_prod_t
+            variance = (1 - alpha_prod_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_prev)
+            std = self.eta * variance**0.5
+            # for eta <= 1 the term under the root is >= 0; it is 0 in exact arithmetic when ᾱ_t = 0
+            # (zero terminal SNR), where float32 rounding can make it slightly negative: clamp that
+            direction_scale = (1 - alpha_prod_prev - std**2).clamp(min=0) ** 0.5
+            table = self._tables[timestep.device] = torch.stack([alpha_prod_t**0.5, beta_prod_t**0.5, alpha_prod_prev**0.5, std, direction_scale])
+        return table[:, timestep].unbind()
 
     def std(self, timestep: torch.Tensor) -> torch.Tensor:
         """σ_t = η · sqrt((1 − ᾱ_prev) / (1 − ᾱ_t) · (1 − ᾱ_t / ᾱ_prev)) (eq. 16), (B,) float32."""
-        alpha_prod_t, alpha_prod_prev = self._alphas(torch.as_tensor(timestep).long())
-        variance = (1 - alpha_prod_prev) / (1 - alpha_prod_t) * (1 - alpha_prod_t / alpha_prod_prev)
-        return self.eta * variance**0.5
+        return self._coefficients(torch.as_tensor(timestep).long())[3]
 
     def relative_std(self, timestep: torch.Tensor) -> torch.Tensor:
         """σ_t over the largest σ of an episode's steps, (B,) float32: how much a step explores next
@@ -128,39 +136,31 @@ class DDIMSampler:
         timestep = torch.as_tensor(timestep, device=sample.device).long()
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
-        alpha_prod_t, alpha_prod_prev = (a.view(batch, 1, 1, 1) for a in self._alphas(timestep))
-        beta_prod_t = 1 - alpha_prod_t
+        sqrt_alpha_t, sqrt_beta_t, sqrt_alpha_prev, std, direction_scale = (c.view(batch, 1, 1, 1) for c in self._coefficients(timestep))
         model_output = model_output.float()
         sample = sample.float()
 
         # 1. predicted x_0 and ε ("predicted x_0" of eq. 12)
         prediction_type = self.scheduler.config.prediction_type
         if prediction_type == "epsilon":
-            pred_original_sample = (sample - beta_prod_t**0.5 * model_output) / alpha_prod_t**0.5
+            pred_original_sample = (sample - sqrt_beta_t * model_output) / sqrt_alpha_t
             pred_epsilon = model_output
         elif prediction_type == "v_prediction":
-            pred_original_sample = alpha_prod_t**0.5 * sample - beta_prod_t**0.5 * model_output
-            pred_epsilon = alpha_prod_t**0.5 * model_output + beta_prod_t**0.5 * sample
+            pred_original_sample = sqrt_alpha_t * sample - sqrt_beta_t * model_output
+            pred_epsilon = sqrt_alpha_t * model_output + sqrt_beta_t * sample
         elif prediction_type == "sample":
             pred_original_sample = model_output
-            pred_epsilon = (sample - alpha_prod_t**0.5 * pred_original_sample) / beta_prod_t**0.5
+            pred_epsilon = (sample - sqrt_alpha_t * pred_original_sample) / sqrt_beta_t
         else:
             raise ValueError(f"Unsupported prediction_type {prediction_type!r}; expected epsilon, v_prediction or sample.")
         if self.scheduler.config.clip_sample:
             limit = self.scheduler.config.clip_sample_range
             pred_original_sample = pred_original_sample.clamp(-limit, limit)
 
-        # 2. σ_t (eq. 16)
-        variance = (1 - alpha_prod_prev) / beta_prod_t * (1 - alpha_prod_t / alpha_prod_prev)
-        std = self.eta * variance**0.5
+        # 2. the mean: √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ_t²) · ε̂ (eq. 12 without the noise term), σ_t of eq. 16
+        mean = sqrt_alpha_prev * pred_original_sample + direction_scale * pred_epsilon
 
-        # 3. the mean: √ᾱ_prev · x̂_0 + √(1 − ᾱ_prev − σ_t²) · ε̂ (eq. 12 without the noise term).
-        # For eta <= 1 the term under the root is >= 0; it is 0 in exact arithmetic when ᾱ_t = 0
-        # (zero terminal SNR), where float32 rounding can make it slightly negative: clamp that.
-        direction_scale = (1 - alpha_prod_prev - std**2).clamp(min=0) ** 0.5
-        mean = alpha_prod_prev**0.5 * pred_original_sample + direction_scale * pred_epsilon
-
-        # 4. sample x_{t-1} = mean + σ_t z, or score the given one
+        # 3. sample x_{t-1} = mean + σ_t z, or score the given one
         prev_sample, log_prob = sample_or_score(mean, std, prev_sample, noise, generator, reduce)
         return SamplerStep(
             prev_sample=prev_sample, mean=mean, std=std, log_prob=log_prob, pred_original_sample=pred_original_sample
