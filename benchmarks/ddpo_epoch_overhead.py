@@ -3,7 +3,9 @@ isolation: the sampling forward passes and the training forward/backward passes 
 weights, as the policy runs them; as many (sample, step) pairs a pass as the agent puts in one), on
 tensors of the same shapes with nothing around them. Each round times one epoch and its isolated
 passes back to back (which goes first alternating), so both see the same state of a shared
-machine; prints the median of the rounds' ratios epoch / isolated (target <= 1.03).
+machine; prints the median of the rounds' ratios epoch / isolated (target <= 1.03), and their mean
+with its standard error: on a shared machine with 2 threads single rounds spread by several
+per cent, so a run needs many of them to resolve a few per cent.
 
     python -m benchmarks.ddpo_epoch_overhead                    # the embedded model on the CPU
     python -m benchmarks.ddpo_epoch_overhead --model tiny-random --num-inference-steps 20
@@ -45,7 +47,7 @@ class EpochOverheadConfig:
     """DDPO minibatch."""
     estimator: str = "is"
     """DDPO estimator."""
-    repeats: int = 5
+    repeats: int = 15
     """Timed rounds (after one warm-up); the median of their ratios is reported."""
     compile: bool = False
     """torch.compile the UNet (`DiffusionPolicy.optimize`); it compiles in the warm-up round."""
@@ -113,10 +115,15 @@ def main(config: EpochOverheadConfig) -> dict:
             epochs.append(epoch())
     ratios = [e / s for e, s in zip(epochs, isolated)]
     epoch_s, isolated_s, ratio = statistics.median(epochs), statistics.median(isolated), statistics.median(ratios)
-    result = {"config": asdict(config), "epoch_seconds": epoch_s, "isolated_seconds": isolated_s, "round_ratios": ratios, "ratio": ratio}
+    mean = statistics.mean(ratios)
+    error = statistics.stdev(ratios) / len(ratios) ** 0.5 if len(ratios) > 1 else float("nan")
+    result = {
+        "config": asdict(config), "epoch_seconds": epoch_s, "isolated_seconds": isolated_s, "round_ratios": ratios, "ratio": ratio,
+        "mean_ratio": mean, "mean_ratio_standard_error": error,
+    }  # fmt: skip
     print(json.dumps(result, indent=2))
     print(f"DDPO epoch {epoch_s:.2f} s, the same UNet passes alone {isolated_s:.2f} s (medians); ratio, median of "
-          f"{len(ratios)} rounds: {ratio:.3f} ({min(ratios):.3f}–{max(ratios):.3f})")
+          f"{len(ratios)} rounds: {ratio:.3f} ({min(ratios):.3f}–{max(ratios):.3f}); mean {mean:.3f} ± {error:.3f} (standard error)")
     return result
 
 
