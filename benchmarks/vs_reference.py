@@ -335,6 +335,10 @@ def _levers(config: VsReferenceConfig) -> list[str]:
 
 def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     """(setting, ours, trl's) for the printed comparison."""
+    import torch
+
+    from diffusion_gym.models.attention import CPU_HALF_IN_HARDWARE
+
     precision = "bf16 weights, bf16 autocast in training" if config.mode == "bf16" else "fp32"
     ours_unet = ", ".join(label for label, on in (("torch.compile", config.compile), ("channels-last", config.channels_last)) if on) or "eager"
     same = [
@@ -346,7 +350,8 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("precision", precision),
     ]  # fmt: skip
     per_pass = "automatic" if config.steps_per_pass is None else str(config.steps_per_pass)
-    ours_attention = "SDPA; the explicit attention on a CPU in half precision" if config.device == "cpu" and config.mode == "bf16" else "SDPA"
+    explicit = config.device == "cpu" and config.mode == "bf16" and CPU_HALF_IN_HARDWARE[torch.bfloat16]
+    ours_attention = "the explicit attention (this CPU multiplies bf16 in hardware)" if explicit else "SDPA"
     return [(name, value, value) for name, value in same] + [
         ("UNet passes", ours_unet, "eager"),
         ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),

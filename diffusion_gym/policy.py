@@ -163,7 +163,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         self.model = model  # not a module: its networks register below (an env can share it: `gym.make(..., model=policy.model)`)
         self.family = model.family
         self.denoiser = model.denoiser
-        use_fastest_attention(self.denoiser)  # SDPA, but on a CPU in half precision the explicit attention (its backward is faster there)
+        use_fastest_attention(self.denoiser)  # SDPA, but the explicit attention on a CPU with half-precision matrix instructions (its backward is faster there)
         use_lean_frozen_convolutions(self.denoiser)  # a frozen convolution keeps the weight for its backward, not its input
         self.text_encoders = nn.ModuleList([m.requires_grad_(False) for m in (model.text_encoder, model.text_encoder_2, model.text_encoder_3) if m is not None])
         self.sampler = make_sampler(model, scheduler, num_inference_steps, settings)

@@ -412,14 +412,19 @@ def test_attention_processor_shows_diffusers_its_signature_without_inspecting_a_
         assert torch.equal(twin(x), expected)
 
 
-def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model):
-    """The UNet's attention is SDPA except on a CPU in half precision, where it is the explicit
-    attention (`diffusion_gym.models.attention`) while a sample's scores are small enough. Its
-    output and its adapters' gradient are SDPA's to bfloat16 rounding: the error of either
-    against a float32 pass of the same weights is the same size."""
+def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_same(tiny_model, monkeypatch):
+    """The UNet's attention is SDPA except on a CPU in a half precision it multiplies in hardware
+    (AVX-512 BF16, AMX), where it is the explicit attention (`diffusion_gym.models.attention`)
+    while a sample's scores are small enough; on a CPU without (AVX2) bfloat16 passes keep SDPA.
+    Whichever this machine is, both cases are checked (the capability is set here). The explicit
+    attention's output and its adapters' gradient are SDPA's to bfloat16 rounding: the error of
+    either against a float32 pass of the same weights is the same size."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
+    from diffusion_gym.models import attention as attention_module
     from diffusion_gym.models.attention import SDPAOrExplicitAttention
+
+    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
 
     policy = make_policy(tiny_model)
     policy.enable_lora(rank=4)
@@ -460,6 +465,10 @@ def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_s
     with torch.no_grad():  # sampling alike, whatever the batch; not where a sample's scores are too many
         assert all(attention.processor.uses_explicit(attention, torch.zeros(b, 64, attention.query_dim, dtype=torch.bfloat16), None) for b in (1, 64))
         assert not attention.processor.uses_explicit(attention, torch.zeros(1, 4096, attention.query_dim, dtype=torch.bfloat16), None)
+    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, False)
+    _, _, chosen = pass_(torch.bfloat16)
+    assert chosen and not any(chosen)  # bfloat16 on a CPU without bfloat16 instructions: SDPA
+    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
     sdpa_out, sdpa_grads, _ = pass_(torch.bfloat16, sdpa_only=True)
 
     def error(a, b):
@@ -543,13 +552,19 @@ def test_frozen_convolutions_keep_their_weight_not_their_input_and_compute_the_s
         assert not twin(torch.randn(1, *trained.weight.shape[1:2], 8, 8)).any()
 
 
-def test_the_first_ratio_is_exactly_one_in_bfloat16_on_the_cpu():
+@pytest.mark.parametrize("bfloat16_in_hardware", [True, False], ids=["explicit attention", "SDPA"])
+def test_the_first_ratio_is_exactly_one_in_bfloat16_on_the_cpu(bfloat16_in_hardware, monkeypatch):
     """Sampled with bfloat16 weights (no gradients) and recomputed as DDPO trains (gradients,
-    bfloat16 autocast), both on the explicit attention: the log-probs are the same to the bit,
-    so the first importance ratio is exactly 1 (`benchmarks/precision_ratio.py`)."""
+    bfloat16 autocast), both on the same attention (the explicit one where the CPU multiplies
+    bfloat16 in hardware, SDPA where it does not; both are checked whatever this machine is): the
+    log-probs are the same to the bit, so the first importance ratio is exactly 1
+    (`benchmarks/precision_ratio.py`)."""
     import gymnasium as gym
 
+    from diffusion_gym.models import attention as attention_module
     from diffusion_gym.rollout import rollout
+
+    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, bfloat16_in_hardware)
 
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", dtype="bfloat16", array_type="torch")
     policy = DiffusionPolicy.from_env(envs)

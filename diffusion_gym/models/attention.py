@@ -1,15 +1,20 @@
 """Which attention kernel a UNet's passes use.
 
 diffusers' UNets attend through `AttnProcessor2_0`: torch's scaled-dot-product attention (SDPA),
-whose CPU kernel is a flash kernel. On a CPU in bfloat16 or float16 that kernel's backward is
-several times slower than the explicit attention's (baddbmm, softmax, bmm: diffusers'
-`AttnProcessor`), and costs a UNet training pass about half of its time; forward, the two cost
-about the same. Both compute the same attention, to half-precision rounding.
-`SDPAOrExplicitAttention` takes the explicit one for every pass on a CPU in half precision
-(weights or autocast), sampling included, so that sampling and training round alike and the
-first importance ratio stays exactly 1, where a sample's score matrix is small enough to hold
-(`EXPLICIT_MAX_SCORES`, a bound per sample so that every batch size chooses alike). Every other
-pass (float32, GPUs, large score matrices) keeps SDPA.
+whose CPU kernel is a flash kernel (blockwise, accumulating in float32). On a CPU with matrix
+instructions for a half dtype (AVX-512 BF16 or AMX for bfloat16, AVX-512 FP16 or AMX-FP16 for
+float16) the explicit attention (baddbmm, softmax, bmm: diffusers' `AttnProcessor`) runs its
+products in that dtype in hardware, and there its backward is several times faster than the
+flash kernel's, which costs a UNet training pass about half of its time.
+Without those instructions (AVX2 only) half-precision matrix products are emulated, and the
+flash kernel is the faster one, forward and backward. Both compute the same attention, to
+half-precision rounding. `SDPAOrExplicitAttention` takes the explicit one for every pass on a
+CPU in a half precision it multiplies in hardware (weights or autocast), sampling included, so
+that sampling and training round alike and the first importance ratio stays exactly 1, where a
+sample's score matrix is small enough to hold (`EXPLICIT_MAX_SCORES`, a bound per sample so that
+every batch size chooses alike). Every other pass (float32, GPUs, CPUs without those
+instructions, large score matrices) keeps SDPA. The rule rests on bfloat16 timings on two CPUs
+(`benchmarks/README.md`); float16 follows it by analogy.
 """
 
 from __future__ import annotations
@@ -27,18 +32,36 @@ EXPLICIT_MAX_SCORES = 2**18
 _HALF = (torch.bfloat16, torch.float16)
 
 
+def _cpu_multiplies_in_hardware() -> dict[torch.dtype, bool]:
+    """For each half dtype, whether this CPU has matrix instructions for it
+    (`torch.cpu.get_capabilities`; False where this torch cannot tell)."""
+    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return {
+        torch.bfloat16: bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")),
+        torch.float16: bool(capabilities.get("avx512_fp16") or capabilities.get("amx_fp16")),
+    }
+
+
+# read once: which half dtypes take the explicit attention on this machine's CPU
+CPU_HALF_IN_HARDWARE = _cpu_multiplies_in_hardware()
+
+
 def half_autocast(device_type: str) -> bool:
     """Whether autocast on `device_type` is on and computes in bfloat16 or float16."""
     return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in _HALF
 
 
-def _half_precision(hidden_states: torch.Tensor) -> bool:
-    return hidden_states.dtype in _HALF or half_autocast("cpu")
+def _cpu_half_dtype(hidden_states: torch.Tensor) -> torch.dtype | None:
+    """The half dtype a CPU pass computes its products in (autocast's, else the input's), or None."""
+    if half_autocast("cpu"):
+        return torch.get_autocast_dtype("cpu")
+    return hidden_states.dtype if hidden_states.dtype in _HALF else None
 
 
 class SDPAOrExplicitAttention:
     """An attention processor: diffusers' `AttnProcessor2_0` (SDPA), or its explicit
-    `AttnProcessor` on a CPU in half precision (the module docstring says why)."""
+    `AttnProcessor` on a CPU in a half precision it multiplies in hardware (the module docstring
+    says why)."""
 
     def __init__(self) -> None:
         self.sdpa, self.explicit = AttnProcessor2_0(), AttnProcessor()
@@ -51,7 +74,7 @@ class SDPAOrExplicitAttention:
         self.__call__ = call
 
     def uses_explicit(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> bool:
-        if hidden_states.device.type != "cpu" or not _half_precision(hidden_states):
+        if hidden_states.device.type != "cpu" or not CPU_HALF_IN_HARDWARE.get(_cpu_half_dtype(hidden_states), False):
             return False
         queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
