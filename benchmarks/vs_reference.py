@@ -337,7 +337,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     """(setting, ours, trl's) for the printed comparison."""
     import torch
 
-    from diffusion_gym.models.attention import CPU_HALF_IN_HARDWARE
+    from diffusion_gym.models.attention import takes_explicit
 
     precision = "bf16 weights, bf16 autocast in training" if config.mode == "bf16" else "fp32"
     ours_unet = ", ".join(label for label, on in (("torch.compile", config.compile), ("channels-last", config.channels_last)) if on) or "eager"
@@ -350,7 +350,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("precision", precision),
     ]  # fmt: skip
     per_pass = "automatic" if config.steps_per_pass is None else str(config.steps_per_pass)
-    explicit = config.device == "cpu" and config.mode == "bf16" and CPU_HALF_IN_HARDWARE[torch.bfloat16]
+    explicit = config.mode == "bf16" and takes_explicit(torch.device(config.device).type, torch.bfloat16)
     ours_attention = "the explicit attention (this CPU multiplies bf16 in hardware)" if explicit else "SDPA"
     return [(name, value, value) for name, value in same] + [
         ("UNet passes", ours_unet, "eager"),

@@ -51,6 +51,12 @@ def half_autocast(device_type: str) -> bool:
     return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in _HALF
 
 
+def takes_explicit(device_type: str, dtype: torch.dtype | None) -> bool:
+    """Whether passes on `device_type` computing in `dtype` take the explicit attention (where a
+    sample's scores are few enough): on a CPU, in a half dtype it multiplies in hardware."""
+    return device_type == "cpu" and CPU_HALF_IN_HARDWARE.get(dtype, False)
+
+
 def _cpu_half_dtype(hidden_states: torch.Tensor) -> torch.dtype | None:
     """The half dtype a CPU pass computes its products in (autocast's, else the input's), or None."""
     if half_autocast("cpu"):
@@ -74,7 +80,7 @@ class SDPAOrExplicitAttention:
         self.__call__ = call
 
     def uses_explicit(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> bool:
-        if hidden_states.device.type != "cpu" or not CPU_HALF_IN_HARDWARE.get(_cpu_half_dtype(hidden_states), False):
+        if hidden_states.device.type != "cpu" or not takes_explicit("cpu", _cpu_half_dtype(hidden_states)):
             return False
         queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states
