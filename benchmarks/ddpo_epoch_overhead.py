@@ -58,7 +58,7 @@ class EpochOverheadConfig:
 def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, pass_pairs: list[int]) -> tuple[float, float]:
     """Seconds for the epoch's UNet forward passes (sampling) and forward/backward passes (training,
     `pass_pairs` (sample, step) pairs in each pass of a minibatch, as the agent splits it), alone,
-    on merged LoRA weights as the policy runs them."""
+    as the policy runs them (`DiffusionPolicy.passes`)."""
     unet, steps = policy.denoiser, config.num_inference_steps
     cfg = 2 if config.guidance_scale != 1.0 else 1
     channels, size = unet.config.in_channels, unet.config.sample_size
@@ -68,7 +68,7 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, pass_p
     x = torch.randn(rows, channels, size, size, device=policy.device)
     b = config.num_envs * cfg
     start = time.perf_counter()
-    with torch.no_grad(), policy.merged_lora(), torch.inference_mode():  # as `DiffusionPolicy.denoise` samples
+    with torch.no_grad(), policy.passes(), torch.inference_mode():  # as `DiffusionPolicy.denoise` samples
         for _ in range(config.batches_per_epoch * steps):
             unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     sampling = time.perf_counter() - start
@@ -78,7 +78,7 @@ def isolated_passes(policy: DiffusionPolicy, config: EpochOverheadConfig, pass_p
     start = time.perf_counter()
     for _ in range(minibatches):
         for n in passes:
-            with policy.merged_lora():
+            with policy.passes():
                 out = unet(x[:n], t[:n], encoder_hidden_states=embeds[:n]).sample
             out.mean().backward()
     training = time.perf_counter() - start

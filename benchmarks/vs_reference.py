@@ -181,11 +181,11 @@ def _jpeg_rewards(images_uint8):
     return -jpeg_size_kb(images_uint8)
 
 
-def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=nullcontext, pass_pairs: list[int] | None = None, inference_mode: bool = False) -> float:
+def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, passes=nullcontext, pass_pairs: list[int] | None = None, inference_mode: bool = False) -> float:
     """The epoch's UNet work run alone: sampling forwards (batch 2B with guidance) and training
     forward/backward passes (2 rows a (sample, step) pair, `pass_pairs` pairs in each pass of a
     minibatch, as the side trains; None: one sampler step of the train batch a pass, as trl), on
-    inputs of the same shapes; within `merged()` (ours: `merged_lora`, as our passes run), the
+    inputs of the same shapes; within `passes()` (ours: `DiffusionPolicy.passes`, as our passes run), the
     sampling forwards in inference mode with `inference_mode` (ours)."""
     import torch
 
@@ -193,19 +193,19 @@ def _unet_seconds(unet, embeds, config: VsReferenceConfig, autocast, merged=null
     parameter = next(unet.parameters())
     b = 2 * config.sample_batch_size
     steps = config.num_inference_steps
-    passes = [2 * pairs for pairs in (pass_pairs or [config.train_batch_size] * steps)]
-    rows = max(b, *passes)
+    pass_rows = [2 * pairs for pairs in (pass_pairs or [config.train_batch_size] * steps)]
+    rows = max(b, *pass_rows)
     x = torch.randn(rows, channels, size, size, dtype=parameter.dtype, device=parameter.device)
     t = torch.full((rows,), 500, device=parameter.device)
     embeds = embeds[:1].to(parameter.device, parameter.dtype).repeat(rows, 1, 1)  # a real batch's layout, not a broadcast view
     start = time.perf_counter()
-    with torch.no_grad(), autocast(), merged(), torch.inference_mode(inference_mode):
+    with torch.no_grad(), autocast(), passes(), torch.inference_mode(inference_mode):
         for _ in range(config.batches_per_epoch * steps):
             unet(x[:b], t[:b], encoder_hidden_states=embeds[:b])
     minibatches = config.sample_batch_size * config.batches_per_epoch // config.train_batch_size
     for _ in range(minibatches):
-        for m in passes:
-            with autocast(), merged():
+        for m in pass_rows:
+            with autocast(), passes():
                 out = unet(x[:m], t[:m], encoder_hidden_states=embeds[:m]).sample
             out.float().mean().backward()
     if parameter.is_cuda:
@@ -251,7 +251,7 @@ def run_ours(config: VsReferenceConfig, start: float) -> dict:
     unet = None
     if config.unet_baseline:
         with turn():
-            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.merged_lora, pass_pairs, inference_mode=True)
+            unet = _unet_seconds(policy.denoiser, policy.encode_prompts(["a cat"])["encoder_hidden_states"], config, autocast, policy.passes, pass_pairs, inference_mode=True)
     return {"startup_s": startup, **phases.result(), "unet_s": unet, "pass_pairs": pass_pairs}
 
 
@@ -338,6 +338,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     import torch
 
     from diffusion_gym.models.attention import takes_explicit
+    from diffusion_gym.models.half import emulated_on_cpu
 
     precision = "bf16 weights, bf16 autocast in training" if config.mode == "bf16" else "fp32"
     ours_unet = ", ".join(label for label, on in (("torch.compile", config.compile), ("channels-last", config.channels_last)) if on) or "eager"
@@ -352,6 +353,7 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
     per_pass = "automatic" if config.steps_per_pass is None else str(config.steps_per_pass)
     explicit = config.mode == "bf16" and takes_explicit(torch.device(config.device).type, torch.bfloat16)
     ours_attention = "the explicit attention (this CPU multiplies bf16 in hardware)" if explicit else "SDPA"
+    float32_kernels = config.mode == "bf16" and torch.device(config.device).type == "cpu" and emulated_on_cpu(torch.bfloat16)
     return [(name, value, value) for name, value in same] + [
         ("UNet passes", ours_unet, "eager"),
         ("LoRA layers", "merged weights W + s·B·A (`merged_lora`)" if config.mode == "fp32" else "unmerged (peft; merging is float32 only)", "unmerged (peft)"),
@@ -359,7 +361,8 @@ def settings_table(config: VsReferenceConfig) -> list[tuple[str, str, str]]:
         ("(sample, step) pairs a training pass", f"{per_pass} (`DDPOConfig.steps_per_pass`)", f"one step's: {config.train_batch_size}"),
         ("frozen convolutions, for the backward", "the compiled graph's" if config.compile else "keep the weight (`FrozenConv2d`)", "keep the input and the weight"),
         ("attention", ours_attention, "SDPA"),
-    ]
+    ] + ([("bf16 linear layers and convolutions", "float32 kernels on the bf16 operands (`diffusion_gym.models.half`: this CPU has no bf16 matrix instructions)", "torch's bf16 kernels")]
+         if float32_kernels else [])
 
 
 def _run_pair(config: VsReferenceConfig, folder: Path, env: dict, order: tuple[str, str]) -> dict[str, dict]:

@@ -17,8 +17,9 @@ mean divides by the dimensions itself, `agents.ddpo.DDPOConfig.log_prob_reduce`)
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, fields, replace
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from diffusion_gym.models import DiffusionModel
 from diffusion_gym.models.pipeline import first_parameter
 from diffusion_gym.models.attention import use_fastest_attention
 from diffusion_gym.models.convolution import use_lean_frozen_convolutions
+from diffusion_gym.models.half import half_products
 from diffusion_gym.models.families import Conditioning
 from diffusion_gym.samplers import CPSSampler, DDIMSampler, FlowSDESampler, SamplerStep
 
@@ -235,7 +237,8 @@ class DiffusionPolicy(FineTuning, nn.Module):
         self._renew_cache()
         missing = sorted(set(prompts) - self._prompt_embeds.keys())
         if missing:
-            encoded = self.family.encode(self.model, missing)
+            with half_products(self.device, self.dtype):
+                encoded = self.family.encode(self.model, missing)
             for i, prompt in enumerate(missing):
                 self._prompt_embeds[prompt] = {name: value[i] for name, value in encoded.items()}
         first = self._prompt_embeds[prompts[0]]
@@ -262,7 +265,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         prompt's, or SDXL's zeros), for `batch` samples; computed once (`_batch_conditioning` has renewed the
         cache already)."""
         if self._unconditional_embeds is None:
-            with torch.no_grad():
+            with torch.no_grad(), half_products(self.device, self.dtype):
                 self._unconditional_embeds = {name: value[0] for name, value in self.family.unconditional(self.model).items()}
         return {name: value.expand(batch, *value.shape) for name, value in self._unconditional_embeds.items()}
 
@@ -274,6 +277,16 @@ class DiffusionPolicy(FineTuning, nn.Module):
             self._unconditional_embeds = None
             self._embeds_key = key
 
+    @contextmanager
+    def passes(self) -> Iterator[None]:
+        """How the denoiser's passes run, every one of `denoise`'s: on merged LoRA weights
+        (`merged_lora`), and in a half precision that a CPU has no matrix instructions for, with
+        the linear layers and convolutions on float32 kernels (`diffusion_gym.models.half`). What
+        they compute is the plain pass's, to float rounding. Enter it inside autocast, not around
+        it (it reads whether a half-precision autocast is on)."""
+        with self.merged_lora(), half_products(self.device, self.dtype):
+            yield
+
     def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """The denoiser's output at x_t under `cond`, one pass, (B, C, H, W) float32: ε, v or x_0
         for a diffusion model (its scheduler's prediction_type), the velocity for a flow model.
@@ -281,7 +294,7 @@ class DiffusionPolicy(FineTuning, nn.Module):
         Without gradients the pass runs in inference mode, which spares every operation autograd's
         bookkeeping (version counters, view tracking); its output is returned as a normal tensor,
         so that it may enter a later pass with gradients."""
-        with self.merged_lora(), torch.inference_mode(not torch.is_grad_enabled()):
+        with self.passes(), torch.inference_mode(not torch.is_grad_enabled()):
             out = self.family.predict(self.denoiser, self.model, x_t.to(self.dtype), timesteps, cond, guidance)
         if out.is_inference():  # a new, normal tensor: a backward cannot keep an inference tensor
             return out.clone() if out.dtype == torch.float32 else out.float()

@@ -4,12 +4,15 @@ import copy
 import gc
 import io
 import weakref
+from contextlib import nullcontext
 
 import pytest
 import torch
 from torch import nn
 
+from diffusion_gym.models import half as half_module
 from diffusion_gym.models.convolution import FrozenConv2d, use_lean_frozen_convolutions
+from diffusion_gym.models.half import Float32Products
 
 CASES = {
     "3x3": dict(conv=dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), size=8),
@@ -19,14 +22,17 @@ CASES = {
     "asymmetric padding": dict(conv=dict(in_channels=4, out_channels=6, kernel_size=(3, 1), padding=(1, 0)), size=7),
     "channels last": dict(conv=dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), size=8, channels_last=True),
     "bf16 autocast, float32 weights": dict(conv=dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), size=8, autocast=True),
+    "bf16 autocast, on float32 kernels": dict(conv=dict(in_channels=4, out_channels=6, kernel_size=3, padding=1), size=8, autocast=True, emulated=True),
 }
 
 
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_lean_forward_computes_what_the_convolution_computes_and_keeps_no_input(case):
+def test_lean_forward_computes_what_the_convolution_computes_and_keeps_no_input(case, monkeypatch):
     """Through a frozen convolution with the lean forward, the output and the input's gradient
-    are those of the module's own forward, bit for bit, in every layout and under autocast; the
-    graph keeps the weight only."""
+    are those of the module's own forward, bit for bit, in every layout and under autocast, on a
+    CPU with bfloat16 instructions and on one without, whose bfloat16 products the policy runs on
+    float32 kernels (`Float32Products`, both forwards inside it); the graph keeps the weight only."""
+    monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, not case.get("emulated"))
     torch.manual_seed(0)
     conv = nn.Conv2d(**case["conv"]).requires_grad_(False)
     x = torch.randn(3, 4, case["size"], case["size"])
@@ -35,18 +41,20 @@ def test_lean_forward_computes_what_the_convolution_computes_and_keeps_no_input(
     lean = copy.deepcopy(conv)
     assert use_lean_frozen_convolutions(lean) == 1
 
-    def run(module):
+    def run(module, context=nullcontext):
         leaf = x.clone().requires_grad_(True)
         saved = []
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(case.get("autocast"))):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(case.get("autocast"))), context():
             with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
                 out = module(leaf * 1.0)  # a non-leaf input, as inside a network
         grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(out.dtype)
         out.backward(grad)
         return out.detach(), leaf.grad, saved
 
-    own, own_grad, own_saved = run(conv)
-    out, grad, saved = run(lean)
+    context = Float32Products if case.get("emulated") else nullcontext
+    own, own_grad, _ = run(conv, context)
+    out, grad, saved = run(lean, context)
+    _, _, own_saved = run(conv)
     assert torch.equal(out, own) and torch.equal(grad, own_grad)
     assert any(t.shape == x.shape for t in own_saved)  # autograd's convolution keeps its input ...
     assert not any(t.shape == x.shape for t in saved)  # ... the lean one does not

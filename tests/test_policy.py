@@ -421,10 +421,10 @@ def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_s
     either against a float32 pass of the same weights is the same size."""
     from diffusers.models.attention_processor import AttnProcessor2_0
 
-    from diffusion_gym.models import attention as attention_module
+    from diffusion_gym.models import half as half_module
     from diffusion_gym.models.attention import SDPAOrExplicitAttention
 
-    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
+    monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
 
     policy = make_policy(tiny_model)
     policy.enable_lora(rank=4)
@@ -465,10 +465,10 @@ def test_cpu_half_precision_passes_take_the_explicit_attention_and_compute_the_s
     with torch.no_grad():  # sampling alike, whatever the batch; not where a sample's scores are too many
         assert all(attention.processor.uses_explicit(attention, torch.zeros(b, 64, attention.query_dim, dtype=torch.bfloat16), None) for b in (1, 64))
         assert not attention.processor.uses_explicit(attention, torch.zeros(1, 4096, attention.query_dim, dtype=torch.bfloat16), None)
-    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, False)
+    monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, False)
     _, _, chosen = pass_(torch.bfloat16)
     assert chosen and not any(chosen)  # bfloat16 on a CPU without bfloat16 instructions: SDPA
-    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
+    monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, True)
     sdpa_out, sdpa_grads, _ = pass_(torch.bfloat16, sdpa_only=True)
 
     def error(a, b):
@@ -561,10 +561,10 @@ def test_the_first_ratio_is_exactly_one_in_bfloat16_on_the_cpu(bfloat16_in_hardw
     (`benchmarks/precision_ratio.py`)."""
     import gymnasium as gym
 
-    from diffusion_gym.models import attention as attention_module
+    from diffusion_gym.models import half as half_module
     from diffusion_gym.rollout import rollout
 
-    monkeypatch.setitem(attention_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, bfloat16_in_hardware)
+    monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, torch.bfloat16, bfloat16_in_hardware)
 
     envs = gym.make_vec("DiffusionCompressibility-v0", num_envs=4, model="tiny-random", num_inference_steps=3, device="cpu", dtype="bfloat16", array_type="torch")
     policy = DiffusionPolicy.from_env(envs)

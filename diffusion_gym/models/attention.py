@@ -7,7 +7,8 @@ float16) the explicit attention (baddbmm, softmax, bmm: diffusers' `AttnProcesso
 products in that dtype in hardware, and there its backward is several times faster than the
 flash kernel's, which costs a UNet training pass about half of its time.
 Without those instructions (AVX2 only) half-precision matrix products are emulated, and the
-flash kernel is the faster one, forward and backward. Both compute the same attention, to
+flash kernel is the faster one, forward and backward (the linear layers and convolutions around
+it then run on float32 kernels: `diffusion_gym.models.half`). Both compute the same attention, to
 half-precision rounding. `SDPAOrExplicitAttention` takes the explicit one for every pass on a
 CPU in a half precision it multiplies in hardware (weights or autocast), sampling included, so
 that sampling and training round alike and the first importance ratio stays exactly 1, where a
@@ -25,43 +26,18 @@ import inspect
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 
+from diffusion_gym.models.half import CPU_HALF_IN_HARDWARE, cpu_half_dtype
+
 # The explicit attention holds its scores, heads × queries × keys a sample (a training pass keeps
 # them for the backward): 8 × 64 × 77 for the tiny UNet, 16 × 64 × 64 for the embedded one;
 # Stable Diffusion's 8 × 4096 × 4096 at 64×64 latents stays with SDPA's flash kernel.
 EXPLICIT_MAX_SCORES = 2**18
-_HALF = (torch.bfloat16, torch.float16)
-
-
-def _cpu_multiplies_in_hardware() -> dict[torch.dtype, bool]:
-    """For each half dtype, whether this CPU has matrix instructions for it
-    (`torch.cpu.get_capabilities`; False where this torch cannot tell)."""
-    capabilities = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-    return {
-        torch.bfloat16: bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16")),
-        torch.float16: bool(capabilities.get("avx512_fp16") or capabilities.get("amx_fp16")),
-    }
-
-
-# read once: which half dtypes take the explicit attention on this machine's CPU
-CPU_HALF_IN_HARDWARE = _cpu_multiplies_in_hardware()
-
-
-def half_autocast(device_type: str) -> bool:
-    """Whether autocast on `device_type` is on and computes in bfloat16 or float16."""
-    return torch.is_autocast_enabled(device_type) and torch.get_autocast_dtype(device_type) in _HALF
 
 
 def takes_explicit(device_type: str, dtype: torch.dtype | None) -> bool:
     """Whether passes on `device_type` computing in `dtype` take the explicit attention (where a
     sample's scores are few enough): on a CPU, in a half dtype it multiplies in hardware."""
     return device_type == "cpu" and CPU_HALF_IN_HARDWARE.get(dtype, False)
-
-
-def _cpu_half_dtype(hidden_states: torch.Tensor) -> torch.dtype | None:
-    """The half dtype a CPU pass computes its products in (autocast's, else the input's), or None."""
-    if half_autocast("cpu"):
-        return torch.get_autocast_dtype("cpu")
-    return hidden_states.dtype if hidden_states.dtype in _HALF else None
 
 
 class SDPAOrExplicitAttention:
@@ -80,7 +56,7 @@ class SDPAOrExplicitAttention:
         self.__call__ = call
 
     def uses_explicit(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None) -> bool:
-        if hidden_states.device.type != "cpu" or not takes_explicit("cpu", _cpu_half_dtype(hidden_states)):
+        if hidden_states.device.type != "cpu" or not takes_explicit("cpu", cpu_half_dtype(hidden_states)):
             return False
         queries = hidden_states.shape[1] if hidden_states.ndim == 3 else hidden_states.shape[2] * hidden_states.shape[3]
         context = hidden_states if encoder_hidden_states is None else encoder_hidden_states

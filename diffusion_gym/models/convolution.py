@@ -22,6 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from diffusion_gym.models.half import emulated_on_cpu
+
 
 class FrozenConv2d(torch.autograd.Function):
     """`F.conv2d` with a weight and bias that take no gradient: the backward gives the input's
@@ -43,12 +45,14 @@ class FrozenConv2d(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple:
         (weight,) = ctx.saved_tensors
         (shape, memory_format), (stride, padding, dilation, groups) = ctx.input, ctx.conv
+        # a half dtype the CPU has no matrix instructions for: float32 kernels (`diffusion_gym.models.half`)
+        compute = torch.float32 if grad.device.type == "cpu" and emulated_on_cpu(grad.dtype) else grad.dtype
         # the input's values are not read for its own gradient: an unfilled stand-in of its shape and layout
-        stand_in = torch.empty(shape, dtype=grad.dtype, device=grad.device, memory_format=memory_format)
+        stand_in = torch.empty(shape, dtype=compute, device=grad.device, memory_format=memory_format)
         grad_input = torch.ops.aten.convolution_backward(
-            grad, stand_in, weight.to(grad.dtype), None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
+            grad.to(compute), stand_in, weight.to(grad.dtype).to(compute), None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
         )[0]
-        return grad_input, None, None, None, None, None, None
+        return grad_input.to(grad.dtype), None, None, None, None, None, None
 
 
 class _LeanForward:

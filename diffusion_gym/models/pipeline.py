@@ -17,6 +17,8 @@ import torch
 
 import diffusers
 
+from diffusion_gym.models.half import half_products
+
 # The parts of a pipeline folder that are loaded, in model_index.json's names.
 COMPONENTS = ("unet", "transformer", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3", "scheduler", "vae")
 REQUIRED_COMPONENTS = ("text_encoder", "tokenizer", "scheduler")
@@ -180,7 +182,8 @@ class DiffusionModel:
             if shift is not None:
                 latents = latents + shift
             weight = first_parameter(self.vae)
-            images = self.vae.decode(latents.to(device=weight.device, dtype=weight.dtype)).sample
+            with half_products(weight.device, weight.dtype):
+                images = self.vae.decode(latents.to(device=weight.device, dtype=weight.dtype)).sample
         images = ((images.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
         return images.permute(0, 2, 3, 1).cpu().numpy()
 
