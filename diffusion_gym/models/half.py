@@ -4,16 +4,17 @@ kernels for the ones it does not.
 A CPU with matrix instructions for a half dtype (AVX-512 BF16 or AMX for bfloat16, AVX-512 FP16
 or AMX-FP16 for float16) runs torch's half-precision linear layers and convolutions in oneDNN
 kernels made for them. Without (AVX2 only), torch has no such kernels: a bfloat16 convolution
-falls back to its generic `slow_conv2d` (im2col and an unvectorised matrix product) and a
-bfloat16 linear layer to a scalar matrix product, both several times slower than the float32
-kernels on the same CPU. Both kinds of kernel multiply the half-precision operands and
-accumulate in float32, then round the result to half precision.
+falls back to its generic `slow_conv2d` (im2col and a generic matrix product) and a bfloat16
+linear layer to a generic matrix product, both far slower than the float32 kernels on the same
+CPU. Both kinds of kernel multiply the half-precision operands and
+accumulate in float32 (the fallback convolution's backward in part in half precision), then
+round the result to half precision.
 
 `Float32Products` computes exactly that with the float32 kernels: the operands rounded to the
 half dtype (as autocast, or half-precision weights, give them), their products accumulated in
 float32, the result rounded to the half dtype; its backward alike (`Float32Linear`,
 `Float32Conv2d`), keeping the half-precision tensors, as a half-precision kernel would. What is
-computed is the half-precision kernel's, to the order of float32 summation. `half_products`
+computed is a half-precision kernel's, to the order of float32 summation. `half_products`
 gives it for the passes that need it: on a CPU, in a half dtype that CPU does not multiply in
 hardware; everything else (float32, GPUs, CPUs with the instructions) runs as torch runs it.
 """
