@@ -102,7 +102,8 @@ def test_only_cpu_half_precision_without_instructions_takes_the_float32_kernels(
     """`half_products` is the mode for a CPU pass in a half dtype the CPU has no instructions for
     (weights or autocast), and nothing for float32, for a CPU with the instructions, or for
     another device; inside the mode, operands of mismatched dtypes without autocast still meet
-    torch's own error, and float32 products are left alone."""
+    torch's own error, float32 products are left alone, and so are convolutions it has no float32
+    backward for (padding by name, an unbatched input)."""
     cpu = torch.device("cpu")
     monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, BF16, False)
     assert isinstance(half_products(cpu, BF16), Float32Products)
@@ -111,11 +112,16 @@ def test_only_cpu_half_precision_without_instructions_takes_the_float32_kernels(
     with torch.autocast("cpu", dtype=BF16):
         assert isinstance(half_products(cpu, torch.float32), Float32Products)
     assert isinstance(half_products(torch.device("cuda"), BF16), nullcontext)
+    batched, unbatched, kernel = torch.randn(2, 3, 6, 6).to(BF16), torch.randn(3, 6, 6).to(BF16), torch.randn(4, 3, 3, 3).to(BF16)
+    cases = [(batched, kernel, "same"), (unbatched, kernel, 1)]  # padding given by name, an unbatched input
+    own = [F.conv2d(image, kernel, padding=padding) for image, kernel, padding in cases]
     with Float32Products():
         with pytest.raises(RuntimeError):
             F.linear(torch.randn(2, 8).to(BF16), torch.randn(4, 8))
         x, w = torch.randn(2, 8), torch.randn(4, 8)
         assert torch.equal(F.linear(x, w), x @ w.T)
+        for (image, kernel, padding), expected in zip(cases, own):  # torch's own kernel
+            assert torch.equal(F.conv2d(image, kernel, padding=padding), expected)
     monkeypatch.setitem(half_module.CPU_HALF_IN_HARDWARE, BF16, True)
     assert isinstance(half_products(cpu, BF16), nullcontext)
     with Float32Products():  # a CPU with the instructions: torch's own bfloat16 kernel

@@ -94,15 +94,15 @@ class Float32Linear(torch.autograd.Function):
 
 
 class Float32Conv2d(torch.autograd.Function):
-    """`F.conv2d` (zero padding given in numbers) of half-precision operands computed by float32
-    kernels, the result rounded to their dtype; the backward alike (`convolution_backward`, asked
-    for the gradients that are needed). Keeps the input only for the weight's gradient and the
-    weight only for the input's, in half precision."""
+    """`F.conv2d` (a batched input, zero padding given in numbers) of half-precision operands
+    computed by float32 kernels, the result rounded to their dtype; the backward alike
+    (`convolution_backward`, asked for the gradients that are needed). Keeps the input only for
+    the weight's gradient, in half precision."""
 
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any, padding: Any, dilation: Any, groups: int) -> torch.Tensor:
         ctx.save_for_backward(x if ctx.needs_input_grad[1] else None, weight)
-        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+        channels_last = not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         ctx.input = (x.shape, torch.channels_last if channels_last else torch.contiguous_format)
         ctx.conv = (_pair(stride), _pair(padding), _pair(dilation), groups)
         ctx.has_bias = bias is not None
@@ -142,7 +142,7 @@ def _linear(half: torch.dtype, input: torch.Tensor, weight: torch.Tensor, bias: 
 
 def _conv2d(half: torch.dtype, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride: Any = 1, padding: Any = 0, dilation: Any = 1, groups: int = 1) -> torch.Tensor:
     operands = (input.to(half), weight.to(half), None if bias is None else bias.to(half))
-    if isinstance(padding, str):  # "same" / "valid": torch's own kernel
+    if isinstance(padding, str) or input.dim() != 4:  # "same" / "valid", or an unbatched input: torch's own kernel
         return F.conv2d(*operands, stride, padding, dilation, groups)
     if not _needs_grad(*operands):
         return F.conv2d(*_float32(*operands), stride, padding, dilation, groups).to(half)
