@@ -284,7 +284,8 @@ class DiffusionPolicy(FineTuning, nn.Module):
         the linear layers and convolutions on float32 kernels (`diffusion_gym.models.half`). What
         they compute is the plain pass's, to float rounding. Enter it inside autocast, not around
         it (it reads whether a half-precision autocast is on)."""
-        with self.merged_lora(), half_products(self.device, self.dtype):
+        weight = first_parameter(self.denoiser)  # read once a pass (`first_parameter` says why)
+        with self.merged_lora(), half_products(weight.device, weight.dtype):
             yield
 
     def denoise(self, x_t: torch.Tensor, timesteps: torch.Tensor, cond: Conditioning, guidance: torch.Tensor | None = None) -> torch.Tensor:
